@@ -1,0 +1,1 @@
+"""Benchmark harness, CLI, data sources and training engine."""
