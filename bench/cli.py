@@ -1,0 +1,248 @@
+"""The ``bench`` command line. Heavy imports (JAX, Flax) happen inside the subcommands, so
+``bench --help`` starts fast."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_OUT = "results"
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=DEFAULT_OUT, help="results directory (default: results/)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.add_argument("--cache-dir", help="prepared-data cache (default: ~/.cache/bench/datasets "
+                   "or $BENCH_CACHE_DIR/datasets)")
+    p.add_argument("--devices", type=int, help="use the first N local devices (default: all)")
+    p.add_argument("--coordinator", help="multi-host: coordinator address HOST:PORT "
+                   "(jax.distributed.initialize)")
+    p.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    p.add_argument("--process-id", type=int, help="multi-host: this process's index")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from .train import RunConfig
+
+    d = RunConfig(model="")
+    p.add_argument("--model", required=True, help="a name from `bench models`")
+    p.add_argument("--dataset", default=d.dataset,
+                   help="'digits' (bundled), a folder or .zip of images, or tfds:NAME")
+    p.add_argument("--image-size", type=int, help="square input size (default: the model's)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
+    p.add_argument("--optimizer", default=d.optimizer,
+                   choices=("sgd", "nesterov", "adam", "adamw", "radam", "rmsprop", "adadelta"))
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    p.add_argument("--momentum", type=float, default=d.momentum)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="L2 weight decay on kernels")
+    p.add_argument("--schedule", default=d.schedule,
+                   choices=("constant", "step", "cosine", "onecycle"))
+    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
+    p.add_argument("--step-epochs", type=lambda s: tuple(float(x) for x in s.split(",")),
+                   default=(), help="'step' schedule: comma-separated epochs, lr /10 at each")
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
+    p.add_argument("--augment", default=d.augment, choices=("none", "crop_flip", "affine"))
+    p.add_argument("--patience", type=int, default=d.patience,
+                   help="early stopping on validation loss (0: off)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--weights", help="a weights file (.h5 Keras 2, .pth) or 'imagenet'")
+    p.add_argument("--pretrained", action="store_true", help="same as --weights imagenet")
+    p.add_argument("--weights-dir", help="where to look for pretrained files "
+                   "(also $BENCH_WEIGHTS_DIR)")
+    p.add_argument("--download", action="store_true",
+                   help="allow downloading official pretrained files (checksum verified)")
+    p.add_argument("--freeze", help="freeze blocks up to this one ('backbone': all but the head)")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="architecture override, e.g. --model-arg dropout=0.3 (repeatable)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    p.add_argument("--test-fraction", type=float, default=d.test_fraction)
+    p.add_argument("--max-per-class", type=int, help="use at most N images per class")
+    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    p.add_argument("--tag", help="row label in the results table")
+    p.add_argument("--force", action="store_true", help="rerun even if a complete record exists")
+
+
+def _parse_value(v: str):
+    import ast
+
+    try:
+        return ast.literal_eval(v)
+    except (ValueError, SyntaxError):
+        return v
+
+
+def _model_args(items: list[str]) -> tuple:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"--model-arg {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k.strip()] = _parse_value(v.strip())
+    return tuple(sorted(out.items()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench",
+        description="Train, evaluate and compare image classifiers (JAX/Flax) on your images.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a suite of models and write the comparison table")
+    p.add_argument("--suite", default="quick", help="suite name (default: quick)")
+    p.add_argument("--dataset", default="digits",
+                   help="'digits' (bundled default), a folder or .zip, or tfds:NAME")
+    p.add_argument("--data-root", help="folder with the data sets a suite needs")
+    p.add_argument("--epochs", type=int, help="override the suite's epochs")
+    p.add_argument("--max-per-class", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true")
+    _add_common(p)
+
+    p = sub.add_parser("train", help="train and evaluate one model")
+    _add_train_args(p)
+    _add_common(p)
+
+    p = sub.add_parser("report", help="regenerate summary.csv / summary.md from run records")
+    p.add_argument("dir", nargs="?", default=DEFAULT_OUT)
+    p.add_argument("--title")
+
+    p = sub.add_parser("models", help="list registered models")
+    p.add_argument("pattern", nargs="?", default="*")
+    p.add_argument("--no-params", action="store_true", help="skip parameter counting (faster)")
+    return parser
+
+
+def _init_distributed(args) -> None:
+    if getattr(args, "coordinator", None):
+        import jax
+
+        if args.num_processes is None or args.process_id is None:
+            raise SystemExit("--coordinator needs --num-processes and --process-id")
+        jax.distributed.initialize(args.coordinator, num_processes=args.num_processes,
+                                   process_id=args.process_id)
+
+
+def cmd_train(args) -> int:
+    from .train import RunConfig, train
+
+    weights = "imagenet" if args.pretrained else args.weights
+    cfg = RunConfig(
+        model=args.model, dataset=args.dataset, image_size=args.image_size,
+        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+        momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
+        warmup_epochs=args.warmup_epochs, step_epochs=args.step_epochs,
+        label_smoothing=args.label_smoothing, grad_clip=args.grad_clip, augment=args.augment,
+        patience=args.patience, seed=args.seed, devices=args.devices, weights=weights,
+        freeze=args.freeze, model_args=_model_args(args.model_arg),
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+        max_per_class=args.max_per_class, eval_batch_size=args.eval_batch_size, tag=args.tag)
+    _init_distributed(args)
+    if args.weights_dir:
+        os.environ["BENCH_WEIGHTS_DIR"] = args.weights_dir
+    rec = train(cfg, args.out, quiet=args.quiet, force=args.force, cache_dir=args.cache_dir,
+                download=args.download)
+    _finish(args.out, [rec], args.quiet)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .suites import get_suite
+    from .train import train
+
+    configs = get_suite(args.suite)(args.dataset, epochs=args.epochs, seed=args.seed,
+                                    max_per_class=args.max_per_class)
+    _init_distributed(args)
+    records = []
+    for cfg in configs:
+        if args.devices:
+            import dataclasses
+
+            cfg = dataclasses.replace(cfg, devices=args.devices)
+        if not args.quiet:
+            print(f"== {cfg.tag or cfg.model} on {cfg.dataset}", file=sys.stderr)
+        records.append(train(cfg, args.out, quiet=args.quiet, force=args.force,
+                             cache_dir=args.cache_dir))
+    _finish(args.out, records, args.quiet)
+    return 0
+
+
+def _finish(out: str, records: list[dict], quiet: bool) -> None:
+    from .report import write_summary
+
+    rows = write_summary(out)
+    ids = {r["run_id"] for r in records}
+    from .report import summary_markdown
+
+    print(summary_markdown([r for r in rows if r["run_id"] in ids]))
+    print(f"wrote {Path(out) / 'summary.csv'} and {Path(out) / 'summary.md'}"
+          f" ({len(rows)} runs)")
+
+
+def cmd_report(args) -> int:
+    from .report import write_summary
+
+    rows = write_summary(args.dir, args.title)
+    print(Path(args.dir, "summary.md").read_text())
+    print(f"{len(rows)} runs; wrote {Path(args.dir) / 'summary.csv'}, "
+          f"{Path(args.dir) / 'summary.md'}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    import models
+
+    names = models.list_models(args.pattern)
+    if not names:
+        print(f"no model matches {args.pattern!r}", file=sys.stderr)
+        return 1
+    header = f"{'model':26} {'family':20} {'input':>11} {'prep':6} {'params':>12}  source"
+    print(header)
+    print("-" * len(header))
+    for name in names:
+        info = models.get_model_info(name)
+        h, w, c = info.input_size
+        params = ""
+        if not args.no_params:
+            import jax
+
+            from flax import nnx
+
+            abstract = nnx.eval_shape(lambda: models.create_model(name))
+            params = f"{models.param_count(abstract)['total']:,}"
+            jax.clear_caches()
+        pre = "*" if info.pretrained else " "
+        print(f"{name + pre:26} {info.family:20} {f'{h}x{w}x{c}':>11} {info.preprocessing:6} "
+              f"{params:>12}  {info.source}")
+    print("\n* pretrained weights available (offline: shipped package or --weights-dir)")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "train": cmd_train, "report": cmd_report, "models": cmd_models}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .train import TrainingDiverged  # numpy only: no JAX on the --help path
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, KeyError, TrainingDiverged) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"bench {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

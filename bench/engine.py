@@ -1,0 +1,329 @@
+"""The training engine: optimizers, schedules, and the jitted, data-parallel train/eval steps.
+
+The model is split once into a graph definition and a state pytree (``nnx.split``); the steps
+are pure functions of that pytree, jit-compiled over a one-axis device mesh: parameters and
+optimizer state replicated (``P()``), the batch sharded over ``"data"``. XLA inserts the
+gradient all-reduce, and BatchNorm statistics are computed over the global batch, so N
+devices give the same result as one (up to float summation order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import models
+
+from . import augment as aug
+
+OPTIMIZERS = ("sgd", "nesterov", "adam", "radam", "rmsprop", "adadelta", "adamw")
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    optimizer: str = "sgd"
+    lr: float = 0.1  # peak learning rate (per the global batch)
+    momentum: float = 0.9  # sgd/nesterov/rmsprop
+    weight_decay: float = 0.0  # L2 on conv/dense kernels (added to the gradient)
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    step_epochs: tuple[float, ...] = ()  # 'step': epochs at which lr is divided by step_factor
+    step_factor: float = 10.0
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0  # global-norm clip, 0 = off
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer {self.optimizer!r} is not one of {OPTIMIZERS}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule {self.schedule!r} is not one of {SCHEDULES}")
+
+
+def make_schedule(cfg: OptimConfig, steps_per_epoch: int, epochs: int) -> optax.Schedule:
+    total = max(1, steps_per_epoch * epochs)
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if cfg.schedule == "onecycle":
+        return optax.cosine_onecycle_schedule(total, cfg.lr, pct_start=max(warmup, 1) / total
+                                              if warmup else 0.3)
+    if cfg.schedule == "cosine":
+        if warmup:
+            return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, total)
+        return optax.cosine_decay_schedule(cfg.lr, total)
+    if cfg.schedule == "step":
+        bounds = {int(round(e * steps_per_epoch)): 1.0 / cfg.step_factor for e in cfg.step_epochs}
+        sched = optax.piecewise_constant_schedule(cfg.lr, bounds)
+    else:
+        sched = optax.constant_schedule(cfg.lr)
+    if warmup:
+        return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), sched], [warmup])
+    return sched
+
+
+def _kernel_mask(params):
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(cfg: OptimConfig, schedule: optax.Schedule, trainable_mask=None):
+    """An optax transformation for ``cfg``; parameters where ``trainable_mask`` is False get
+    zero updates (frozen blocks)."""
+    if cfg.optimizer in ("sgd", "nesterov"):
+        base = optax.sgd(schedule, momentum=cfg.momentum or None,
+                         nesterov=cfg.optimizer == "nesterov")
+    elif cfg.optimizer == "adam":
+        base = optax.adam(schedule)
+    elif cfg.optimizer == "adamw":
+        base = optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=_kernel_mask)
+    elif cfg.optimizer == "radam":
+        base = optax.radam(schedule)
+    elif cfg.optimizer == "rmsprop":
+        # Keras defaults: rho=0.9, epsilon=1e-7.
+        base = optax.rmsprop(schedule, decay=0.9, eps=1e-7, momentum=cfg.momentum or None)
+    else:  # adadelta; Keras' rho=0.95, epsilon=1e-7
+        base = optax.adadelta(schedule, rho=0.95, eps=1e-7)
+    chain = []
+    if cfg.grad_clip > 0:
+        chain.append(optax.clip_by_global_norm(cfg.grad_clip))
+    if cfg.weight_decay > 0 and cfg.optimizer != "adamw":
+        chain.append(optax.add_decayed_weights(cfg.weight_decay, mask=_kernel_mask))
+    chain.append(base)
+    tx = optax.chain(*chain) if len(chain) > 1 else base
+    if trainable_mask is not None:
+        labels = jax.tree.map(lambda t: "train" if t else "frozen", trainable_mask)
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    return tx
+
+
+def freeze_mask(model, params, freeze: str | None):
+    """Boolean pytree over ``params``: False for parameters in blocks up to and including
+    ``freeze`` (a name from ``model.block_names()``; ``"backbone"`` = everything but the head).
+    """
+    if not freeze:
+        return None
+    blocks = model.block_names()
+    if freeze == "backbone":
+        frozen = set(b for b in blocks if b != "head")
+    else:
+        if freeze not in blocks:
+            raise ValueError(f"--freeze {freeze!r}: not a block of this model; blocks are "
+                             f"{', '.join(blocks)} (or 'backbone')")
+        frozen = set(blocks[: blocks.index(freeze) + 1])
+    mask = jax.tree_util.tree_map_with_path(lambda path, _: _key(path[0]) not in frozen, params)
+    if not any(jax.tree_util.tree_leaves(mask)):
+        raise ValueError(f"--freeze {freeze!r} freezes every parameter; nothing would train")
+    return mask
+
+
+def _key(k):
+    for attr in ("key", "idx", "name"):
+        if hasattr(k, attr):
+            return getattr(k, attr)
+    return k
+
+
+def frozen_blocks(model, freeze: str | None) -> list[str]:
+    if not freeze:
+        return []
+    blocks = model.block_names()
+    if freeze == "backbone":
+        return [b for b in blocks if b != "head"]
+    return blocks[: blocks.index(freeze) + 1]
+
+
+def set_frozen_bn_inference(model, freeze: str | None):
+    """Frozen blocks keep BatchNorm in inference mode (Keras' behaviour for trainable=False)."""
+    for name in frozen_blocks(model, freeze):
+        sub = getattr(model, name)
+        for _, m in nnx.iter_modules(sub):
+            if isinstance(m, nnx.BatchNorm):
+                m.use_running_average = True
+
+
+@dataclasses.dataclass
+class Mesh:
+    """A one-axis data-parallel mesh over ``n`` local devices."""
+
+    n: int
+    mesh: Any
+    data: NamedSharding
+    replicated: NamedSharding
+
+    @classmethod
+    def create(cls, n: int | None = None) -> "Mesh":
+        devices = jax.devices()
+        if n is None:
+            n = len(devices)
+        if not 1 <= n <= len(devices):
+            raise ValueError(f"--devices {n}: this host has {len(devices)} device(s)")
+        # Auto axis type: XLA's sharding propagation places the gathers and the gradient
+        # all-reduce (the behaviour pmap users expect), rather than explicit-sharding rules.
+        mesh = jax.make_mesh((n,), ("data",), devices=devices[:n],
+                             axis_types=(jax.sharding.AxisType.Auto,))
+        return cls(n, mesh, NamedSharding(mesh, P("data")), NamedSharding(mesh, P()))
+
+
+def to_global(a: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """Place a host array that every process holds in full as a global array (works
+    single- and multi-process, where ``jax.device_put`` cannot reach other hosts' devices)."""
+    return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+
+
+def replicate(tree, mesh: "Mesh"):
+    """Replicate a pytree of arrays (PRNG keys included) over the mesh, multi-process safe."""
+    def put(leaf):
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            data = to_global(np.asarray(jax.random.key_data(leaf)), mesh.replicated)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+        return to_global(np.asarray(leaf), mesh.replicated)
+
+    return jax.tree.map(put, tree)
+
+
+def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
+    onehot = jax.nn.one_hot(labels, num_classes)
+    if label_smoothing:
+        onehot = optax.smooth_labels(onehot, label_smoothing)
+    return optax.softmax_cross_entropy(logits.astype(jnp.float32), onehot)
+
+
+@dataclasses.dataclass
+class Steps:
+    """The compiled step functions and the graph definitions they close over."""
+
+    train: Callable
+    eval: Callable
+    graphdef_train: Any
+    graphdef_eval: Any
+
+
+def build_steps(model, tx, *, num_classes: int, preprocessing: str,
+                augment: aug.AugmentConfig, label_smoothing: float, mesh: Mesh,
+                freeze: str | None = None, on_device_data: bool = True) -> Steps:
+    """Jit the train and eval steps for ``model`` over ``mesh``.
+
+    Train step: ``(state, x_all, idx, key) -> (state, metrics)`` when ``on_device_data``
+    (``x_all``/``y_all`` live on the devices, ``idx`` is the sharded batch of row indices), else
+    ``(state, images, labels, key)``. The state is ``{'params', 'rest', 'opt_state', 'step'}``.
+    """
+    model.train()
+    set_frozen_bn_inference(model, freeze)
+    graphdef_train = nnx.graphdef(model)
+    model.eval()
+    graphdef_eval = nnx.graphdef(model)
+    model.train()
+
+    def forward_train(params, rest, images_u8, key):
+        x = aug.apply(augment, key, images_u8.astype(jnp.float32))
+        x = models.preprocess_mode(x, preprocessing)
+        m = nnx.merge(graphdef_train, params, rest)
+        logits = m(x)
+        _, _, new_rest = nnx.split(m, nnx.Param, ...)
+        return logits, nnx.as_pure(new_rest)
+
+    def train_core(state, images, labels, key):
+        def loss_fn(params, rest):
+            logits, new_rest = forward_train(params, rest, images, key)
+            loss = cross_entropy(logits, labels, num_classes, label_smoothing).mean()
+            return loss, (logits, new_rest)
+
+        (loss, (logits, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"], state["rest"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        acc = jnp.mean(jnp.argmax(logits, -1) == labels)
+        new_state = dict(params=params, rest=new_rest, opt_state=opt_state,
+                         step=state["step"] + 1)
+        return new_state, {"loss": loss, "accuracy": acc}
+
+    rep, data = mesh.replicated, mesh.data
+    if on_device_data:
+        def train_step(state, x_all, y_all, idx, key):
+            images = jnp.take(x_all, idx, axis=0)
+            labels = jnp.take(y_all, idx, axis=0)
+            return train_core(state, images, labels, key)
+
+        train = jax.jit(train_step, in_shardings=(rep, rep, rep, data, rep),
+                        out_shardings=(rep, rep), donate_argnums=0)
+    else:
+        train = jax.jit(train_core, in_shardings=(rep, data, data, rep),
+                        out_shardings=(rep, rep), donate_argnums=0)
+
+    def eval_step(state, images):
+        x = models.preprocess_mode(images.astype(jnp.float32), preprocessing)
+        m = nnx.merge(graphdef_eval, state["params"], state["rest"])
+        return jax.nn.log_softmax(m(x).astype(jnp.float32), axis=-1)
+
+    # Replicated output: every process can read the predictions in multi-host runs.
+    evaluate = jax.jit(eval_step, in_shardings=(rep, data), out_shardings=rep)
+    return Steps(train, evaluate, graphdef_train, graphdef_eval)
+
+
+def init_state(model, tx) -> dict:
+    """The train state as a pytree of plain arrays (``nnx.as_pure``: no Variable objects, so
+    it crosses jit/grad boundaries and checkpoints as leaves)."""
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    params, rest = nnx.as_pure(params), nnx.as_pure(rest)
+    return dict(params=params, rest=rest, opt_state=tx.init(params),
+                step=jnp.zeros((), jnp.int32))
+
+
+def state_to_model(graphdef, state):
+    return nnx.merge(graphdef, state["params"], state["rest"])
+
+
+def predict_log_proba(steps: Steps, state, images: np.ndarray, batch_size: int, mesh: Mesh,
+                      progress=None) -> np.ndarray:
+    """Log-probabilities for uint8 ``images``, in fixed-size padded batches (one compile)."""
+    n = len(images)
+    batch_size = _round_up(batch_size, mesh.n)
+    out = []
+    for start in range(0, n, batch_size):
+        chunk = images[start:start + batch_size]
+        real = len(chunk)
+        if real < batch_size:
+            chunk = np.concatenate([chunk, np.zeros((batch_size - real,) + chunk.shape[1:],
+                                                    chunk.dtype)])
+        logp = steps.eval(state, to_global(chunk, mesh.data))
+        out.append(np.asarray(logp)[:real])
+        if progress is not None:
+            progress(real)
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def tree_to_arrays(tree) -> list[np.ndarray]:
+    """Leaves as numpy arrays (PRNG keys as their raw key data), for checkpoints."""
+    out = []
+    for leaf in jax.tree_util.tree_leaves(tree):
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        out.append(np.asarray(leaf))
+    return out
+
+
+def arrays_to_tree(template, arrays: list[np.ndarray]):
+    """Inverse of ``tree_to_arrays`` given a template tree of the same structure."""
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    if len(leaves) != len(arrays):
+        raise ValueError(f"checkpoint has {len(arrays)} arrays, the model state {len(leaves)}")
+    new = []
+    for t, a in zip(leaves, arrays):
+        if jnp.issubdtype(t.dtype, jax.dtypes.prng_key):
+            a = jax.random.wrap_key_data(jnp.asarray(a), impl=jax.random.key_impl(t))
+        elif tuple(t.shape) != tuple(a.shape):
+            raise ValueError(f"checkpoint array of shape {a.shape} where the state has {t.shape}")
+        else:
+            a = jnp.asarray(a, dtype=t.dtype)
+        new.append(a)
+    return jax.tree_util.tree_unflatten(treedef, new)
