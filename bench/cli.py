@@ -65,6 +65,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
     p.add_argument("--tag", help="row label in the results table")
     p.add_argument("--force", action="store_true", help="rerun even if a complete record exists")
+    p.add_argument("--init-from", help="start from the weights.npz of an earlier run")
+    g = p.add_argument_group("two-stage fine-tuning (reports 003/004): after this run, train "
+                             "again from its weights with a lower learning rate")
+    g.add_argument("--finetune-epochs", type=int, default=0, help="epochs of stage 2 (0: none)")
+    g.add_argument("--finetune-lr", type=float, help="stage-2 learning rate (default: lr/10)")
+    g.add_argument("--finetune-freeze", help="blocks still frozen in stage 2 (default: none)")
 
 
 def _parse_value(v: str):
@@ -140,14 +146,32 @@ def cmd_train(args) -> int:
         patience=args.patience, seed=args.seed, devices=args.devices, weights=weights,
         freeze=args.freeze, model_args=_model_args(args.model_arg),
         val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-        max_per_class=args.max_per_class, eval_batch_size=args.eval_batch_size, tag=args.tag)
+        max_per_class=args.max_per_class, eval_batch_size=args.eval_batch_size, tag=args.tag,
+        init_from=args.init_from)
     _init_distributed(args)
     if args.weights_dir:
         os.environ["BENCH_WEIGHTS_DIR"] = args.weights_dir
-    rec = train(cfg, args.out, quiet=args.quiet, force=args.force, cache_dir=args.cache_dir,
-                download=args.download)
-    _finish(args.out, [rec], args.quiet)
+    records = [train(cfg, args.out, quiet=args.quiet, force=args.force,
+                     cache_dir=args.cache_dir, download=args.download)]
+    if args.finetune_epochs:
+        records.append(train(finetune_config(cfg, records[0], args.out, args.finetune_epochs,
+                                             args.finetune_lr, args.finetune_freeze),
+                             args.out, quiet=args.quiet, force=args.force,
+                             cache_dir=args.cache_dir))
+    _finish(args.out, records, args.quiet)
     return 0
+
+
+def finetune_config(cfg, stage1: dict, out: str, epochs: int, lr: float | None,
+                    freeze: str | None):
+    """Stage 2 of the two-stage recipe: start from stage 1's weights, lower learning rate."""
+    import dataclasses
+
+    weights = Path(out) / "runs" / stage1["run_id"] / "weights.npz"
+    return dataclasses.replace(
+        cfg, epochs=epochs, lr=lr if lr is not None else cfg.lr / 10, freeze=freeze,
+        weights=None, init_from=str(weights), warmup_epochs=0.0,
+        tag=f"{cfg.tag or cfg.model}+finetune")
 
 
 def cmd_run(args) -> int:

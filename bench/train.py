@@ -60,6 +60,7 @@ class RunConfig:
     max_per_class: int | None = None
     eval_batch_size: int = 256
     tag: str | None = None  # a label for the results table (e.g. 'resnet20+aug')
+    init_from: str | None = None  # weights.npz of an earlier run of the same model (stage 2)
 
     def run_id(self, dataset_name: str, n_devices: int) -> str:
         """``<tag>-<dataset>-<n>dev-<hash of the config>``: the same command (and device
@@ -211,6 +212,15 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
         freeze=cfg.freeze)
     state = engine.init_state(model, tx)
     del model, params
+    if cfg.init_from:
+        arrays, _ = bio.load_arrays(cfg.init_from)
+        try:
+            loaded = engine.arrays_to_tree({"params": state["params"], "rest": state["rest"]},
+                                           arrays)
+        except ValueError as e:
+            raise ValueError(f"{cfg.init_from}: does not fit {cfg.model} with {num_classes} "
+                             f"classes ({e})") from None
+        state = dict(state, **loaded)
 
     # Resume.
     ckpt, best_ckpt = run_dir / "last.npz", run_dir / "best.npz"
