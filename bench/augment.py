@@ -2,6 +2,7 @@
 
 Two policies, both on uint8-valued float images (NHWC, values 0..255), before preprocessing:
 
+* ``flip``: random horizontal flip only (cheap; the best choice for very short schedules).
 * ``crop_flip``: pad by ``pad`` pixels (zeros), random crop back to size, random horizontal
   flip: the CIFAR recipe of He et al. 2015.
 * ``affine``: what the reports' Keras ``ImageDataGenerator`` did: random rotation
@@ -16,7 +17,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-POLICIES = ("none", "crop_flip", "affine")
+POLICIES = ("none", "flip", "crop_flip", "affine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +95,8 @@ def apply(cfg: AugmentConfig, key, x):
     """Augment a batch ``x`` (float, 0..255) with policy ``cfg``; identity for 'none'."""
     if cfg.policy == "none":
         return x
+    if cfg.policy == "flip":
+        return _flip(key, x)
     if cfg.policy == "crop_flip":
         return crop_flip(key, x, cfg.pad, cfg.flip)
     return affine(key, x, cfg.rotation, cfg.shift, cfg.zoom, cfg.flip)

@@ -46,7 +46,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    default=(), help="'step' schedule: comma-separated epochs, lr /10 at each")
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument("--grad-clip", type=float, default=d.grad_clip)
-    p.add_argument("--augment", default=d.augment, choices=("none", "crop_flip", "affine"))
+    p.add_argument("--augment", default=d.augment,
+                   choices=("none", "flip", "crop_flip", "affine"))
     p.add_argument("--patience", type=int, default=d.patience,
                    help="early stopping on validation loss (0: off)")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -112,6 +113,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train and evaluate one model")
     _add_train_args(p)
     _add_common(p)
+
+    p = sub.add_parser("features", help="embed a data set with frozen pretrained backbones "
+                       "(one HDF5 file per backbone)")
+    p.add_argument("--backbone", required=True,
+                   help="comma-separated model names, e.g. efficientnet_lite0,efficientnet_lite1")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--weights", default="imagenet",
+                   help="'imagenet' (default), a weights file, or 'none' for random init")
+    p.add_argument("--weights-dir")
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--image-size", type=int, help="default: each backbone's input size")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0, help="split seed")
+    p.add_argument("--max-per-class", type=int)
+    p.add_argument("--force", action="store_true", help="recompute even if files match")
+    _add_common(p)
+    p.set_defaults(out="results/features")
+
+    p = sub.add_parser("ensemble", help="logistic heads on feature files, their average and "
+                       "their stack, added to the results table")
+    p.add_argument("--features", required=True,
+                   help="a directory of .h5 feature files or comma-separated files")
+    p.add_argument("--out", default=DEFAULT_OUT)
+    p.add_argument("--cv", type=int, default=5, help="folds for the L2 search and the stack")
+    p.add_argument("--clip", type=float, default=1e-15,
+                   help="log-loss clip eps (Kaggle scoring clips predictions to [eps, 1-eps])")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", "-q", action="store_true")
 
     p = sub.add_parser("report", help="regenerate summary.csv / summary.md from run records")
     p.add_argument("dir", nargs="?", default=DEFAULT_OUT)
@@ -207,6 +236,56 @@ def _finish(out: str, records: list[dict], quiet: bool) -> None:
           f" ({len(rows)} runs)")
 
 
+def cmd_features(args) -> int:
+    import time
+
+    import features
+    import models
+
+    from .data import load_dataset
+
+    _init_distributed(args)
+    weights = None if args.weights in ("none", "None", "") else args.weights
+    names = [b.strip() for b in args.backbone.split(",") if b.strip()]
+    for name in names:
+        models.get_model_info(name)  # unknown names fail before any work
+    paths = []
+    for name in names:
+        info = models.get_model_info(name)
+        size = args.image_size or info.input_size[0]
+        w = weights
+        if args.download and w in info.pretrained:  # fetch (checksum-verified) if missing
+            w = str(models.resolve_pretrained(info, w, weights_dir=args.weights_dir,
+                                              download=True))
+        ds = load_dataset(args.dataset, size, cache_dir=args.cache_dir, seed=args.seed,
+                          progress=not args.quiet, max_per_class=args.max_per_class)
+        t0 = time.perf_counter()
+        path = features.extract(name, ds, args.out, weights=w, batch_size=args.batch_size,
+                                devices=args.devices, progress=not args.quiet,
+                                weights_dir=args.weights_dir, force=args.force)
+        dt = time.perf_counter() - t0
+        attrs = features.read_attrs(path)
+        how = attrs.get("seconds")
+        print(f"{name}: {path} (dim {attrs.get('feature_dim')}, {dt:.1f} s"
+              + (f"; extraction {how:.1f} s" if isinstance(how, (int, float)) else "") + ")")
+        paths.append(path)
+    return 0
+
+
+def cmd_ensemble(args) -> int:
+    from .ensemble import ensemble_markdown, feature_files, run_ensemble
+    from .report import write_summary
+
+    files = feature_files(args.features)
+    if not args.quiet:
+        print(f"ensemble over {len(files)} feature file(s):", *files, sep="\n  ")
+    rows = run_ensemble(files, args.out, cv=args.cv, seed=args.seed, eps=args.clip,
+                        quiet=args.quiet)
+    write_summary(args.out)
+    print(ensemble_markdown(rows, args.clip))
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import write_summary
 
@@ -246,7 +325,9 @@ def cmd_models(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "train": cmd_train, "report": cmd_report, "models": cmd_models}
+COMMANDS = {"run": cmd_run, "train": cmd_train, "features": cmd_features,
+            "ensemble": cmd_ensemble,
+            "report": cmd_report, "models": cmd_models}
 
 
 def main(argv: list[str] | None = None) -> int:
