@@ -1,0 +1,380 @@
+"""Keras-2 ``.h5`` weight files: read, write, and load into Flax models built layer for layer.
+
+A Keras-2 weights file (``model.save_weights("x.h5")``, and the files ``keras.applications``
+downloads) holds, at its root (or under ``model_weights`` in a whole-model file), the attribute
+``layer_names``; each layer is a group whose attribute ``weight_names`` lists its arrays, e.g.
+``"conv1_conv/kernel:0"``, in Keras' legacy order (trainable weights, then non-trainable ones):
+
+* ``Conv2D``: ``[kernel (h, w, in, out), bias?]``, the same layout as ``nnx.Conv``;
+* ``BatchNormalization``: ``[gamma?, beta?, moving_mean, moving_variance]``;
+* ``Dense``: ``[kernel (in, out), bias]``, the same layout as ``nnx.Linear``;
+* ``DepthwiseConv2D``: ``[depthwise_kernel (h, w, in, multiplier), bias?]``;
+* ``SeparableConv2D``: ``[depthwise_kernel, pointwise_kernel (1, 1, in * multiplier, out), bias?]``.
+
+A model that is Keras-exact implements ``keras_layers()`` (Keras layer name -> its module) and
+``load_weights(path)`` as ``load_keras_h5(self, path)``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Mapping, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from .layers import glorot_uniform
+
+# Layers that belong to Keras' ``include_top=True`` part. They may be absent from a file
+# (``*_notop.h5``) or from the model (``num_classes=0``), or differ in shape (another number
+# of classes): then they are skipped and the model keeps its own initialisation.
+DEFAULT_TOP_LAYERS = ("predictions",)
+
+# Layer names that only one keras.applications architecture has, to say in an error message
+# which model a file seems to be for.
+_SIGNATURES = (
+    ("conv4_block23_1_conv", "a ResNet101/ResNet152 (keras.applications.ResNet101/152)"),
+    ("conv2_block1_preact_bn", "a ResNetV2 (keras.applications.ResNet50V2/101V2/152V2)"),
+    ("conv2_block1_1_conv", "ResNet50 (keras.applications.ResNet50)"),
+    ("expanded_conv_project", "MobileNetV2 (keras.applications.MobileNetV2)"),
+    ("conv_dw_1", "MobileNet (keras.applications.MobileNet)"),
+    ("block14_sepconv2", "Xception (keras.applications.Xception)"),
+    ("block35_1_conv", "InceptionResNetV2 (keras.applications.InceptionResNetV2)"),
+    ("conv_7b", "InceptionResNetV2 (keras.applications.InceptionResNetV2)"),
+    ("mixed10", "InceptionV3 (keras.applications.InceptionV3)"),
+    ("block5_conv4", "VGG19 (keras.applications.VGG19)"),
+    ("block5_conv3", "VGG16 (keras.applications.VGG16)"),
+    ("stem_conv", "an EfficientNet (keras.applications.EfficientNetB*)"),
+    ("conv1/conv", "a DenseNet (keras.applications.DenseNet*)"),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Modules with Keras' depthwise / separable convolution semantics.
+
+
+class DepthwiseConv(nnx.Conv):
+    """Keras ``DepthwiseConv2D``: one ``kernel_size`` filter per input channel and multiplier.
+
+    An ``nnx.Conv`` with ``feature_group_count=in_features``; its kernel has shape
+    ``(h, w, 1, in_features * multiplier)``, output channel ``i * multiplier + m`` being
+    multiplier ``m`` of input channel ``i``, as in Keras (whose kernel is ``(h, w, in, mult)``).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        multiplier: int = 1,
+        kernel_size: int | Sequence[int] = 3,
+        strides: int | Sequence[int] = 1,
+        padding: str = "SAME",
+        use_bias: bool = False,
+        *,
+        kernel_init=glorot_uniform,
+        rngs: nnx.Rngs,
+    ):
+        ks = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        super().__init__(
+            in_features, in_features * multiplier, ks, strides=strides, padding=padding,
+            use_bias=use_bias, feature_group_count=in_features, kernel_init=kernel_init,
+            rngs=rngs,
+        )
+        self.multiplier = multiplier
+
+
+class SeparableConv(nnx.Module):
+    """Keras ``SeparableConv2D``: a depthwise conv (with the strides), then a 1x1 pointwise
+    conv; the bias, if any, is the pointwise conv's. Weights ``[depthwise, pointwise, bias?]``."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int | Sequence[int] = 3,
+        strides: int | Sequence[int] = 1,
+        padding: str = "SAME",
+        depth_multiplier: int = 1,
+        use_bias: bool = True,
+        *,
+        kernel_init=glorot_uniform,
+        rngs: nnx.Rngs,
+    ):
+        self.depthwise = DepthwiseConv(
+            in_features, depth_multiplier, kernel_size, strides, padding, use_bias=False,
+            kernel_init=kernel_init, rngs=rngs,
+        )
+        self.pointwise = nnx.Conv(
+            in_features * depth_multiplier, out_features, (1, 1), use_bias=use_bias,
+            kernel_init=kernel_init, rngs=rngs,
+        )
+
+    def __call__(self, x):
+        return self.pointwise(self.depthwise(x))
+
+
+# --------------------------------------------------------------------------------------------
+# Module <-> Keras weight lists.
+
+
+def _bn_roles(bn: nnx.BatchNorm) -> list[str]:
+    roles = ["gamma"] if bn.scale is not None else []
+    roles += ["beta"] if bn.bias is not None else []
+    return roles + ["moving_mean", "moving_variance"]
+
+
+def _slots(module) -> list[tuple[str, nnx.Variable, tuple[int, ...]]]:
+    """``(keras weight name, variable, keras shape)`` of a module, in Keras' legacy order."""
+    if isinstance(module, SeparableConv):
+        dw, pw = module.depthwise, module.pointwise
+        slots = [("depthwise_kernel", dw.kernel, _dw_keras_shape(dw)),
+                 ("pointwise_kernel", pw.kernel, tuple(pw.kernel.shape))]
+        if pw.bias is not None:
+            slots.append(("bias", pw.bias, tuple(pw.bias.shape)))
+        return slots
+    if isinstance(module, DepthwiseConv):
+        slots = [("depthwise_kernel", module.kernel, _dw_keras_shape(module))]
+    elif isinstance(module, (nnx.Conv, nnx.Linear)):
+        slots = [("kernel", module.kernel, tuple(module.kernel.shape))]
+    elif isinstance(module, nnx.BatchNorm):
+        by_role = {"gamma": module.scale, "beta": module.bias,
+                   "moving_mean": module.mean, "moving_variance": module.var}
+        return [(r, by_role[r], tuple(by_role[r].shape)) for r in _bn_roles(module)]
+    else:
+        raise TypeError(
+            f"keras_layers() returned a {type(module).__name__}; expected nnx.Conv, "
+            "nnx.BatchNorm, nnx.Linear, DepthwiseConv or SeparableConv"
+        )
+    if module.bias is not None:
+        slots.append(("bias", module.bias, tuple(module.bias.shape)))
+    return slots
+
+
+def _dw_keras_shape(dw: DepthwiseConv) -> tuple[int, ...]:
+    h, w, _, c = dw.kernel.shape
+    return (h, w, c // dw.multiplier, dw.multiplier)
+
+
+def keras_weights_of(module) -> list[tuple[str, np.ndarray]]:
+    """A module's weights as Keras stores them: ``[(name, array)]`` in Keras' order."""
+    return [(name, np.asarray(var[...]).reshape(shape)) for name, var, shape in _slots(module)]
+
+
+# --------------------------------------------------------------------------------------------
+# The file format.
+
+
+def _attr_list(group, name: str) -> list[str] | None:
+    """A string-list attribute; Keras splits long ones into ``name0``, ``name1``, ..."""
+    if name in group.attrs:
+        values = list(group.attrs[name])
+    elif f"{name}0" in group.attrs:
+        values, i = [], 0
+        while f"{name}{i}" in group.attrs:
+            values.extend(group.attrs[f"{name}{i}"])
+            i += 1
+    else:
+        return None
+    return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+_Named = dict[str, list[tuple[str, np.ndarray]]]  # layer -> [(weight name, array)]
+
+
+def _read_named(path: str | os.PathLike) -> tuple[list[str], _Named]:
+    """All layer names of a Keras-2 file, and ``{layer: [(weight name, array)]}`` for those
+    that have weights."""
+    import h5py
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such weights file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise ValueError(
+            f"{path}: not an HDF5 file ({e}); expected a Keras-2 .h5 weights file"
+        ) from None
+    with f:
+        root = f
+        if _attr_list(f, "layer_names") is None and "model_weights" in f:
+            root = f["model_weights"]  # a whole model saved with model.save("x.h5")
+        names = _attr_list(root, "layer_names")
+        if names is None:
+            hint = ""
+            if "layers" in f or "vars" in f:
+                hint = (" It looks like a Keras 3 '.weights.h5' file: save with "
+                        "keras.src.legacy.saving.legacy_h5_format or Keras 2.")
+            raise ValueError(
+                f"{path}: an HDF5 file but not in the Keras-2 weights layout (no 'layer_names' "
+                f"attribute at its root or under 'model_weights'; top-level keys: "
+                f"{sorted(f.keys())[:8]}).{hint}"
+            )
+        layers: _Named = {}
+        for name in names:
+            if name not in root:
+                raise ValueError(
+                    f"{path}: layer {name!r} is listed in 'layer_names' but has no group"
+                )
+            group = root[name]
+            weight_names = _attr_list(group, "weight_names") or []
+            if weight_names:
+                layers[name] = [(w, np.asarray(group[w])) for w in weight_names]
+    return names, layers
+
+
+def read_keras_h5(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
+    """Read a Keras-2 ``.h5`` weights file.
+
+    Args:
+      path: the file (``save_weights`` output, a ``keras.applications`` download, or a whole
+        model saved as ``.h5``).
+
+    Returns:
+      ``{layer name: [arrays in Keras order]}`` for every layer that has weights, in file order.
+
+    Raises:
+      ValueError: naming the file, when it is not HDF5 or not in the Keras-2 layout.
+    """
+    _, layers = _read_named(path)
+    return {name: [a for _, a in ws] for name, ws in layers.items()}
+
+
+def guess_architecture(layer_names: Iterable[str]) -> str | None:
+    """Which ``keras.applications`` model a list of layer names seems to come from."""
+    names = set(layer_names)
+    for marker, arch in _SIGNATURES:
+        if marker in names:
+            return arch
+    return None
+
+
+def write_keras_h5(
+    path: str | os.PathLike,
+    layers: Mapping[str, Sequence[np.ndarray]],
+    weight_names: Mapping[str, Sequence[str]] | None = None,
+    *,
+    extra_layer_names: Sequence[str] = (),
+) -> None:
+    """Write ``{layer: [arrays]}`` in the Keras-2 weights layout, as Keras 2's ``save_weights``.
+
+    Args:
+      weight_names: per layer, the short weight names (``"kernel"``, ``"gamma"``, ...); stored
+        as ``"<layer>/<name>:0"``. By default ``"weight_<i>"``.
+      extra_layer_names: layers without weights to list too (Keras lists every layer).
+    """
+    import h5py
+
+    with h5py.File(os.fspath(path), "w") as f:
+        all_names = list(layers) + [n for n in extra_layer_names if n not in layers]
+        # Fixed-length byte strings (numpy "S"), as Keras 2 stores them.
+        f.attrs["layer_names"] = np.asarray([n.encode("utf8") for n in all_names])
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["keras_version"] = b"2.2.4"
+        for name in sorted(all_names):  # Keras writes groups sorted by name
+            group = f.create_group(name)
+            arrays = list(layers.get(name, ()))
+            short = list(weight_names[name]) if weight_names and name in weight_names else [
+                f"weight_{i}" for i in range(len(arrays))
+            ]
+            if len(short) != len(arrays):
+                raise ValueError(f"layer {name!r}: {len(arrays)} arrays but {len(short)} names")
+            full = [f"{name}/{s}:0" for s in short]
+            group.attrs["weight_names"] = np.asarray([w.encode("utf8") for w in full], dtype="S")
+            for w, a in zip(full, arrays):
+                group.create_dataset(w, data=np.asarray(a, np.float32))
+
+
+def save_keras_h5(model, path: str | os.PathLike) -> None:
+    """Write a model that has ``keras_layers()`` as a Keras-2 ``.h5`` weights file."""
+    layers, names = {}, {}
+    for name, module in model.keras_layers().items():
+        pairs = keras_weights_of(module)
+        layers[name] = [a for _, a in pairs]
+        names[name] = [n for n, _ in pairs]
+    write_keras_h5(path, layers, names)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading into a model.
+
+
+def load_keras_h5(model, path: str | os.PathLike) -> list[str]:
+    """Assign every weight of a Keras-2 ``.h5`` file to ``model.keras_layers()``.
+
+    Every layer of the model must be in the file, every layer of the file that has weights must
+    be in the model, and shapes must agree. The exception is the Keras top (``include_top=True``)
+    layers, ``model.keras_top_layers`` (default ``("predictions",)``): they are skipped, keeping
+    the model's own initialisation, when the file is a ``*_notop`` file, when the model has no
+    head (``num_classes=0``), or when the model's head has another number of classes.
+
+    Nothing is assigned unless the whole file matches.
+
+    Returns:
+      The names of the top layers that were skipped.
+
+    Raises:
+      ValueError: naming the file and the first mismatching layer (and the architecture the
+        file seems to be for).
+    """
+    path = os.fspath(path)
+    all_names, file_layers = _read_named(path)
+    model_layers = model.keras_layers()
+    top = set(getattr(model, "keras_top_layers", DEFAULT_TOP_LAYERS))
+    arch = guess_architecture(all_names)
+    model_name = type(model).__name__
+
+    def fail(msg: str):
+        seems = f" The file seems to be for {arch}." if arch else ""
+        raise ValueError(f"{path}: {msg} (loading into {model_name}).{seems}")
+
+    plan: list[tuple[nnx.Variable, np.ndarray]] = []
+    skipped: list[str] = []
+    for name, module in model_layers.items():
+        slots = _slots(module)
+        if name not in file_layers:
+            if name in top:
+                skipped.append(name)
+                continue
+            fail(f"layer {name!r} of the model is missing from the file")
+        weights = _in_role_order(file_layers[name], [r for r, _, _ in slots])
+        expected = [s for _, _, s in slots]
+        got = [tuple(a.shape) for _, a in weights]
+        if expected != got:
+            if name in top:
+                skipped.append(name)
+                continue
+            fail(
+                f"layer {name!r}: the file has weights {_fmt(weights)}, the model expects "
+                f"{[(r, s) for r, _, s in slots]}"
+            )
+        for (_, var, _), (_, arr) in zip(slots, weights):
+            plan.append((var, arr))
+    for name in file_layers:
+        if name not in model_layers:
+            if name in top:
+                skipped.append(name)
+                continue
+            fail(f"the file has layer {name!r}, which the model does not have")
+    for var, arr in plan:
+        var[...] = jnp.asarray(arr.reshape(var.shape), dtype=var.dtype)
+    return skipped
+
+
+def _short(weight_name: str) -> str:
+    """``"conv1_bn/gamma:0"`` -> ``"gamma"``."""
+    return weight_name.rsplit("/", 1)[-1].split(":", 1)[0]
+
+
+def _in_role_order(weights: list[tuple[str, np.ndarray]], roles: list[str]):
+    """The file's weights in the module's order, when the file names them by role (Keras 2
+    and 3 do) in another order; otherwise as they are (Keras' legacy order)."""
+    names = [_short(w) for w, _ in weights]
+    if names == roles or sorted(names) != sorted(roles):
+        return weights
+    by_name = dict(zip(names, weights))
+    return [by_name[r] for r in roles]
+
+
+def _fmt(weights: list[tuple[str, np.ndarray]]) -> list[tuple[str, tuple[int, ...]]]:
+    return [(_short(w), tuple(a.shape)) for w, a in weights]
