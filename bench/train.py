@@ -40,11 +40,11 @@ class RunConfig:
     epochs: int = 10
     batch_size: int = 128  # global batch, split over devices
     optimizer: str = "sgd"
-    lr: float = 0.05
+    lr: float = 0.1  # He et al.'s CIFAR rate for batch 128
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "cosine"
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = 0.2
     step_epochs: tuple[float, ...] = ()
     label_smoothing: float = 0.0
     grad_clip: float = 0.0
@@ -163,7 +163,8 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
         size = cfg.image_size or info.input_size[0]
         dataset = load_dataset(cfg.dataset, size, cache_dir=cache_dir, seed=cfg.seed,
                                val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                               progress=not quiet, max_per_class=cfg.max_per_class)
+                               progress=not quiet, max_per_class=cfg.max_per_class,
+                               download=download)
     mesh = engine.Mesh.create(cfg.devices)
     run_id = cfg.run_id(dataset.name, mesh.n)
     writer = jax.process_index() == 0  # one process writes files in multi-host runs

@@ -52,6 +52,8 @@ class BasicBlock(nnx.Module):
 class CifarResNet(Classifier):
     """ResNet-(6n+2) for small images."""
 
+    BLOCKS = ("stem", "stage1", "stage2", "stage3")
+
     def __init__(
         self,
         depth: int = 20,

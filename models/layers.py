@@ -99,13 +99,17 @@ class Classifier(nnx.Module):
             z = self.head_dropout(z)
         return self.head(z)
 
+    # Top-level blocks in forward order, spelled out: attribute order is not kept, since
+    # nnx.merge (under jit, eval_shape) rebuilds modules with their attributes sorted by name.
+    BLOCKS: tuple[str, ...] = ()
+
     def block_names(self) -> list[str]:
         """Top-level sub-module names in forward order; the head last."""
-        names = [n for n, v in vars(self).items() if isinstance(v, (nnx.Module, nnx.List))]
-        names = [n for n in names if n not in ("head", "head_dropout")]
-        if self.head is not None:
-            names.append("head")
-        return names
+        if not self.BLOCKS:
+            raise NotImplementedError(f"{type(self).__name__} must set BLOCKS or define "
+                                      "block_names()")
+        names = [b for b in self.BLOCKS if getattr(self, b, None) is not None]
+        return names + (["head"] if self.head is not None else [])
 
 
 def make_head(num_features: int, num_classes: int, *, rngs: nnx.Rngs,

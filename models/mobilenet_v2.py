@@ -121,6 +121,9 @@ class InvertedResidual(nnx.Module):
 class MobileNetV2(Classifier):
     """Keras MobileNetV2; blocks grouped by stage (``stage1`` .. ``stage7``) for freezing."""
 
+    BLOCKS = ("stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7",
+              "top_conv")
+
     def __init__(self, num_classes: int = 1000, *, alpha: float = 1.0, in_channels: int = 3,
                  dropout: float = 0.0, rngs: nnx.Rngs):
         if alpha <= 0:

@@ -99,6 +99,8 @@ class Bottleneck(nnx.Module):
 class ResNet(Classifier):
     """Keras ResNet v1 with bottleneck blocks; stages named ``conv2`` .. ``conv5`` as in Keras."""
 
+    BLOCKS = ("stem", "conv2", "conv3", "conv4", "conv5")
+
     def __init__(
         self,
         blocks: Sequence[int] = (3, 4, 6, 3),
