@@ -142,6 +142,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", "-q", action="store_true")
 
+    p = sub.add_parser("speed", help="train/inference throughput, GFLOPs and MFU per model "
+                       "(timm-style table), optionally against Keras and PyTorch")
+    p.add_argument("--models", required=True, help="comma-separated names or patterns")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--image-size", type=int, help="default: each model's input size")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16 = mixed precision: bf16 compute, fp32 master weights and loss")
+    p.add_argument("--devices", type=int)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--no-train", action="store_true")
+    p.add_argument("--no-infer", action="store_true")
+    p.add_argument("--vs", default="", help="peers to time in the same run: keras,torch")
+    p.add_argument("--torch-compile", action="store_true")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--out", default="results/speed")
+    p.add_argument("--name", default="speed", help="output file stem (NAME.json, NAME.md)")
+    p.add_argument("--quiet", "-q", action="store_true")
+
+    p = sub.add_parser("compare", help="changes between two result or benchmark files "
+                       "(speed.json, pytest-benchmark JSON, summary.csv); exit 1 on regressions")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--threshold", type=float, default=0.05,
+                   help="relative change flagged as a regression (default 0.05)")
+    p.add_argument("--json", help="also write the rows to this JSON file")
+
     p = sub.add_parser("report", help="regenerate summary.csv / summary.md from run records")
     p.add_argument("dir", nargs="?", default=DEFAULT_OUT)
     p.add_argument("--title")
@@ -286,13 +313,55 @@ def cmd_ensemble(args) -> int:
     return 0
 
 
+def cmd_speed(args, argv: list[str]) -> int:
+    import shlex
+
+    import models
+
+    from .speed import speed, speed_markdown, write_speed
+
+    names: list[str] = []
+    for item in (s.strip() for s in args.models.split(",") if s.strip()):
+        found = models.list_models(item) if any(c in item for c in "*?[") else [item]
+        if not found:
+            raise ValueError(f"--models: no model matches {item!r}")
+        names += [n for n in found if n not in names]
+    vs = tuple(v.strip() for v in args.vs.split(",") if v.strip())
+    rows = speed(names, batch_size=args.batch_size, image_size=args.image_size,
+                 precision=args.precision, devices=args.devices, warmup=args.warmup,
+                 repeats=args.repeats, train=not args.no_train, infer=not args.no_infer, vs=vs,
+                 num_classes=args.num_classes, torch_compile=args.torch_compile,
+                 progress=None if args.quiet else print)
+    paths = write_speed(rows, args.out, args.name, command="bench " + shlex.join(argv))
+    print(speed_markdown(rows))
+    print("wrote", *paths)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare_files, compare_table, regressions, write_compare
+
+    rows = compare_files(args.a, args.b, args.threshold)
+    print(compare_table(rows))
+    if args.json:
+        write_compare(rows, args.json)
+    bad = regressions(rows)
+    if bad:
+        print(f"{len(bad)} regression(s) beyond {args.threshold:.0%}")
+        return 1
+    return 0
+
+
 def cmd_report(args) -> int:
+    from .html import write_html, write_plots
     from .report import write_summary
 
     rows = write_summary(args.dir, args.title)
+    html = write_html(args.dir, title=args.title)
+    plots = write_plots(args.dir)
     print(Path(args.dir, "summary.md").read_text())
     print(f"{len(rows)} runs; wrote {Path(args.dir) / 'summary.csv'}, "
-          f"{Path(args.dir) / 'summary.md'}")
+          f"{Path(args.dir) / 'summary.md'}, {html}", *plots, sep="\n  ")
     return 0
 
 
@@ -326,7 +395,7 @@ def cmd_models(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "train": cmd_train, "features": cmd_features,
-            "ensemble": cmd_ensemble,
+            "ensemble": cmd_ensemble, "speed": cmd_speed, "compare": cmd_compare,
             "report": cmd_report, "models": cmd_models}
 
 
@@ -339,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if args.command == "speed":
+            return cmd_speed(args, sys.argv[1:] if argv is None else argv)
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError, KeyError, TrainingDiverged) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

@@ -192,9 +192,13 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
     steps_per_epoch = n_train // batch
 
     info = models.get_model_info(cfg.model)
+    overrides = dict(cfg.model_args)
+    if tuple(dataset.image_size) != tuple(info.input_size[:2]):
+        from .speed import size_overrides  # flatten heads are sized at build time
+
+        overrides = {**size_overrides(cfg.model, dataset.image_size[0]), **overrides}
     model = models.create_model(cfg.model, num_classes=num_classes, seed=cfg.seed,
-                                weights=cfg.weights, download=download,
-                                **dict(cfg.model_args))
+                                weights=cfg.weights, download=download, **overrides)
     counts = models.param_count(model)
     ocfg = engine.OptimConfig(
         optimizer=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,

@@ -1,0 +1,482 @@
+"""``bench speed``: model throughput in the manner of timm's ``benchmark.py``.
+
+For each model, one jitted SGD train step and one inference step at a fixed batch and input
+size, compiled ahead of time (compile time reported apart), then ``warmup`` untimed steps and
+the median of ``repeats`` timed steps, each ended by ``block_until_ready``. FLOPs come from
+XLA's cost analysis of the compiled steps (a multiply-add counts as 2), which gives achieved
+TFLOP/s and, where the device's dense peak is in ``PEAK_TFLOPS``, model FLOPs utilisation.
+
+Inputs are random, already preprocessed float32 images: this times the model, not the data
+pipeline (``tests/benchmarks`` times that). ``precision='bf16'`` is mixed precision: float32
+master parameters, gradients and optimizer state; inside the step the parameters and inputs
+are cast to bfloat16, every Flax layer computes in bfloat16, BatchNorm statistics and the
+loss stay float32. ``vs=("keras", "torch")`` also times the same architecture in those
+frameworks (``bench.peers``) and adds ours/peer ratio columns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import models
+from models import get_model_info
+
+from . import engine
+from . import io as bio
+
+PRECISIONS = ("fp32", "bf16")
+
+# One row per (model, framework). Peers (bench.peers) return the same keys.
+ROW_KEYS = (
+    "model", "framework", "precision", "image_size", "batch", "devices", "device", "params",
+    "train_img_per_s", "infer_img_per_s", "train_step_ms", "infer_step_ms",
+    "train_gflops_per_img", "infer_gflops_per_img", "train_tflops", "infer_tflops",
+    "peak_tflops", "train_mfu", "infer_mfu", "train_compile_s", "infer_compile_s",
+    "batch_note", "note",
+)
+
+# Dense peak TFLOP/s of one device from the vendors' spec sheets, by a substring of
+# ``jax.Device.device_kind`` (first match wins, so specific names come first). MFU is against
+# these figures; on the H100/H200 lent here a bf16 matmul measured about 790 TFLOP/s
+# (shared/REFERENCE.md), so 80% of spec is the practical ceiling. fp32 is the non-tensor-core
+# rate: XLA may run float32 convolutions as TF32 on tensor cores, so fp32 MFU can exceed 1.
+PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
+    ("H100 PCIe", {"bf16": 756.0, "fp32": 51.2}),
+    ("H100", {"bf16": 989.4, "fp32": 66.9}),  # SXM
+    ("H200", {"bf16": 989.4, "fp32": 66.9}),  # the H100 chip with more memory
+    ("A100", {"bf16": 312.0, "fp32": 19.5}),
+    ("TPU v6", {"bf16": 918.0}),
+    ("TPU v5p", {"bf16": 459.0}),
+    ("TPU v5", {"bf16": 197.0}),  # v5e ("TPU v5 lite")
+    ("TPU v4", {"bf16": 275.0}),
+)
+_LEARNING_RATE = 0.01  # SGD step size of the timed train step (any small value will do)
+
+
+def peak_tflops(device_kind: str, precision: str) -> float | None:
+    """The dense peak of one device, or None when the device is not in ``PEAK_TFLOPS``."""
+    for key, peaks in PEAK_TFLOPS:
+        if key.lower() in device_kind.lower():
+            return peaks.get(precision)
+    return None
+
+
+def new_row(model: str, framework: str, precision: str, image_size: int, batch: int) -> dict:
+    """A result row with every ``ROW_KEYS`` key, unmeasured values None."""
+    row = dict.fromkeys(ROW_KEYS)
+    row.update(model=model, framework=framework, precision=precision, image_size=image_size,
+               batch=batch)
+    return row
+
+
+def time_calls(call: Callable[[], Any], warmup: int, repeats: int) -> tuple[float, float]:
+    """``(first, median)``: seconds of the first call (which includes compilation where the
+    callee compiles lazily), and the median of ``repeats`` calls after ``warmup`` more.
+    ``call`` must return only once its work is finished (``block_until_ready`` or a sync)."""
+    t0 = time.perf_counter()
+    call()
+    first = time.perf_counter() - t0
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return first, statistics.median(times)
+
+
+def _compute_dtype(precision: str):
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+    return jnp.bfloat16 if precision == "bf16" else jnp.float32
+
+
+def _cast_floats(tree, dtype):
+    return jax.tree.map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def set_compute_dtype(model, dtype) -> None:
+    """Make every Flax layer of ``model`` compute in ``dtype`` (its ``dtype`` attribute; the
+    parameters keep their ``param_dtype``). BatchNorm then normalises in ``dtype`` but keeps
+    its statistics and their moving averages in float32."""
+    for _, m in nnx.iter_modules(model):
+        if hasattr(m, "dtype") and hasattr(m, "param_dtype"):
+            m.dtype = dtype
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A model's compiled train and inference steps with their state and synthetic batch.
+
+    ``train_step()`` and ``infer_step()`` run one step each and block until it is done.
+    FLOPs are per step over all devices.
+    """
+
+    name: str
+    precision: str
+    batch: int
+    image_size: int
+    num_classes: int
+    params: int
+    mesh: engine.Mesh
+    state: dict
+    x: jax.Array
+    y: jax.Array
+    train: Callable | None = None
+    infer: Callable | None = None
+    train_compile_s: float | None = None
+    infer_compile_s: float | None = None
+    train_flops: float | None = None
+    infer_flops: float | None = None
+    train_lowered: Any = None  # jax Lowered: .as_text() is the program before XLA's passes
+    infer_lowered: Any = None
+
+    def train_step(self) -> jax.Array:
+        self.state, loss = self.train(self.state, self.x, self.y)
+        return loss.block_until_ready()
+
+    def infer_step(self) -> jax.Array:
+        return self.infer(self.state["params"], self.state["rest"], self.x).block_until_ready()
+
+
+def _flops(compiled, n_devices: int) -> float | None:
+    """FLOPs of one call over all devices (XLA reports those of one partition)."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # some backends do not implement it
+        return None
+    if isinstance(cost, (list, tuple)):  # older jax: one dict per partition
+        cost = cost[0] if cost else None
+    flops = (cost or {}).get("flops")
+    return float(flops) * n_devices if flops and flops > 0 else None
+
+
+def prepare(name: str, batch_size: int, image_size: int | None = None, *,
+            precision: str = "fp32", mesh: engine.Mesh | None = None,
+            num_classes: int | None = None, train: bool = True, infer: bool = True,
+            seed: int = 0) -> Prepared:
+    """Build ``name``, jit its steps for ``precision`` over ``mesh`` and compile them ahead of
+    time on a synthetic batch (the compile times and XLA FLOP counts are kept)."""
+    compute = _compute_dtype(precision)
+    mesh = mesh or engine.Mesh.create()
+    size = image_size or get_model_info(name).input_size[0]
+    check_size(name, size)
+    if batch_size < mesh.n or batch_size % mesh.n:
+        raise ValueError(f"batch size {batch_size}: must be a positive multiple of the "
+                         f"{mesh.n} devices")
+    model = models.create_model(name, num_classes, seed=seed, **size_overrides(name, size))
+    num_classes = model.num_classes
+    params = models.param_count(model)["total"]
+    if precision != "fp32":
+        set_compute_dtype(model, compute)
+    model.train()
+    graphdef_train = nnx.graphdef(model)
+    model.eval()
+    graphdef_eval = nnx.graphdef(model)
+    tx = engine.make_optimizer(engine.OptimConfig(optimizer="sgd", lr=_LEARNING_RATE),
+                               lambda step: _LEARNING_RATE)
+    state = engine.replicate(engine.init_state(model, tx), mesh)
+    del model
+
+    def train_step(state, x, y):
+        def loss_fn(params, rest):
+            m = nnx.merge(graphdef_train, _cast_floats(params, compute), rest)
+            logits = m(x.astype(compute))
+            _, _, new_rest = nnx.split(m, nnx.Param, ...)
+            # Cross-entropy in float32 (engine.cross_entropy casts the logits).
+            loss = engine.cross_entropy(logits, y, num_classes).mean()
+            return loss, nnx.as_pure(new_rest)
+
+        (loss, new_rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"], state["rest"])
+        new_rest = jax.tree.map(lambda new, old: new.astype(old.dtype), new_rest, state["rest"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        return dict(params=params, rest=new_rest, opt_state=opt_state,
+                    step=state["step"] + 1), loss
+
+    def infer_step(params, rest, x):
+        m = nnx.merge(graphdef_eval, _cast_floats(params, compute), rest)
+        return m(x.astype(compute))
+
+    rng = np.random.default_rng(seed)
+    x = engine.to_global(rng.standard_normal((batch_size, size, size, 3), np.float32),
+                         mesh.data)
+    y = engine.to_global(rng.integers(0, num_classes, batch_size).astype(np.int32), mesh.data)
+    prep = Prepared(name=name, precision=precision, batch=batch_size, image_size=size,
+                    num_classes=num_classes, params=params, mesh=mesh, state=state, x=x, y=y)
+    rep, data = mesh.replicated, mesh.data
+    if train:
+        jitted = jax.jit(train_step, in_shardings=(rep, data, data), out_shardings=(rep, rep),
+                         donate_argnums=0)
+        t0 = time.perf_counter()
+        prep.train_lowered = jitted.lower(state, x, y)
+        prep.train = prep.train_lowered.compile()
+        prep.train_compile_s = time.perf_counter() - t0
+        prep.train_flops = _flops(prep.train, mesh.n)
+    if infer:
+        jitted = jax.jit(infer_step, in_shardings=(rep, rep, data), out_shardings=data)
+        t0 = time.perf_counter()
+        prep.infer_lowered = jitted.lower(state["params"], state["rest"], x)
+        prep.infer = prep.infer_lowered.compile()
+        prep.infer_compile_s = time.perf_counter() - t0
+        prep.infer_flops = _flops(prep.infer, mesh.n)
+    return prep
+
+
+def size_overrides(name: str, size: int) -> dict:
+    """``{'input_size': (size, size)}`` for models whose flatten head is sized at build time
+    (their builder takes ``input_size``), else nothing."""
+    import inspect
+
+    if "input_size" in inspect.signature(models.get_builder(name)).parameters:
+        return {"input_size": (size, size)}
+    return {}
+
+
+def check_size(name: str, size: int) -> None:
+    lo = get_model_info(name).min_input_size
+    if lo is not None and (size < lo[0] or size < lo[1]):
+        raise ValueError(f"{name}: input size {size} is below its minimum "
+                         f"{lo[0]}x{lo[1]}")
+
+
+def measure(name: str, batch_size: int, image_size: int | None = None, *,
+            precision: str = "fp32", mesh: engine.Mesh | None = None, warmup: int = 2,
+            repeats: int = 10, train: bool = True, infer: bool = True,
+            num_classes: int | None = None) -> dict:
+    """One row of ``speed`` at exactly this batch size (no out-of-memory back-off)."""
+    mesh = mesh or engine.Mesh.create()
+    prep = prepare(name, batch_size, image_size, precision=precision, mesh=mesh,
+                   num_classes=num_classes, train=train, infer=infer)
+    kind = jax.devices()[0].device_kind
+    row = new_row(name, "jax", precision, prep.image_size, batch_size)
+    peak = peak_tflops(kind, precision)
+    row.update(devices=mesh.n, device=f"{mesh.n}x {kind}", params=prep.params,
+               peak_tflops=peak)
+    for phase, step, flops, compile_s in (
+            ("train", prep.train_step if train else None, prep.train_flops,
+             prep.train_compile_s),
+            ("infer", prep.infer_step if infer else None, prep.infer_flops,
+             prep.infer_compile_s)):
+        if step is None:
+            continue
+        _, median = time_calls(step, warmup, repeats)
+        row[f"{phase}_img_per_s"] = batch_size / median
+        row[f"{phase}_step_ms"] = 1000 * median
+        row[f"{phase}_compile_s"] = compile_s
+        if flops:
+            row[f"{phase}_gflops_per_img"] = flops / batch_size / 1e9
+            tflops = flops / median / 1e12
+            row[f"{phase}_tflops"] = tflops
+            if peak:
+                row[f"{phase}_mfu"] = tflops / (peak * mesh.n)
+    if train and not np.isfinite(float(prep.train_step())):
+        row["note"] = "the train loss is not finite"
+    return row
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """XLA's allocation failure (``XlaRuntimeError: RESOURCE_EXHAUSTED``)."""
+    text = str(e)
+    return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text
+
+
+def speed(models: Sequence[str], batch_size: int = 64, image_size: int | None = None,
+          precision: str = "fp32", devices: int | None = None, warmup: int = 2,
+          repeats: int = 10, train: bool = True, infer: bool = True,
+          vs: Sequence[str] = (), num_classes: int | None = None,
+          torch_compile: bool = False, progress: Callable[[str], None] | None = None
+          ) -> list[dict]:
+    """Time each model's train and inference steps (and its peers', with ``vs``).
+
+    Args:
+      models: registered model names.
+      batch_size: global batch over ``devices``; one that runs out of device memory is halved
+        until it fits, and the row's ``batch_note`` says so.
+      image_size: square input size; None for each model's own (``ModelInfo.input_size``).
+      precision: ``'fp32'`` or ``'bf16'`` (mixed precision, see the module docstring).
+      devices: the first N local devices (data parallel); None for all.
+      warmup, repeats: untimed steps, then timed steps whose median is reported.
+      train, infer: which steps to time.
+      vs: peer frameworks to time too, from ``bench.peers.PEERS`` (``'keras'``, ``'torch'``).
+      num_classes: head size; None for each model's default.
+      torch_compile: run the PyTorch peer through ``torch.compile``.
+      progress: called with a line of text as each row is done.
+
+    Returns:
+      Rows with ``ROW_KEYS``: ours (``framework='jax'``) with ``train_vs_<peer>`` and
+      ``infer_vs_<peer>`` ratios (ours / peer img/s, above 1 = we are faster), each followed
+      by its peer rows.
+    """
+    from . import peers
+
+    _compute_dtype(precision)
+    for peer in vs:
+        if peer not in peers.PEERS:
+            raise ValueError(f"--vs {peer!r}: not one of {', '.join(peers.PEERS)}")
+    for name in models:  # every name and size checked before any work
+        check_size(name, image_size or get_model_info(name).input_size[0])
+    if not (train or infer):
+        raise ValueError("nothing to time: both train and infer are off")
+    mesh = engine.Mesh.create(devices)
+    batch_size = max(mesh.n, batch_size - batch_size % mesh.n)
+    rows = []
+    for name in models:
+        row = _with_backoff(name, batch_size, image_size, precision=precision, mesh=mesh,
+                            warmup=warmup, repeats=repeats, train=train, infer=infer,
+                            num_classes=num_classes)
+        rows.append(row)
+        if progress:
+            progress(_progress_line(row))
+        for peer in vs:
+            prow = peers.measure_peer(
+                peer, name, batch_size=row["batch"], image_size=row["image_size"],
+                precision=precision, warmup=warmup, repeats=repeats, train=train, infer=infer,
+                num_classes=num_classes, torch_compile=torch_compile)
+            for phase in ("train", "infer"):
+                ours, theirs = row.get(f"{phase}_img_per_s"), prow.get(f"{phase}_img_per_s")
+                row[f"{phase}_vs_{peer}"] = ours / theirs if ours and theirs else None
+            rows.append(prow)
+            if progress:
+                progress(_progress_line(prow))
+        jax.clear_caches()
+        gc.collect()
+    return rows
+
+
+def _with_backoff(name: str, batch_size: int, image_size, *, mesh, **kw) -> dict:
+    tried = []
+    while True:
+        try:
+            row = measure(name, batch_size, image_size, mesh=mesh, **kw)
+            break
+        except Exception as e:  # XlaRuntimeError; its class moved between jax versions
+            if not is_out_of_memory(e) or batch_size <= mesh.n:
+                raise
+            tried.append(batch_size)
+            batch_size = max(mesh.n, batch_size // 2 - (batch_size // 2) % mesh.n)
+            jax.clear_caches()
+            gc.collect()
+    if tried:
+        row["batch_note"] = (f"batch {', '.join(map(str, tried))} ran out of device memory "
+                             f"(RESOURCE_EXHAUSTED); measured at {batch_size}")
+    return row
+
+
+def _progress_line(row: dict) -> str:
+    parts = [f"{row['model']} [{row['framework']}, {row['precision']}, "
+             f"{row['image_size']}px, batch {row['batch']}]"]
+    for phase in ("train", "infer"):
+        v = row.get(f"{phase}_img_per_s")
+        if v:
+            parts.append(f"{phase} {v:,.1f} img/s")
+    if row.get("note"):
+        parts.append(f"({row['note']})")
+    return "  ".join(parts)
+
+
+# -- Output -----------------------------------------------------------------------------------
+
+_MD_COLUMNS = (
+    ("model", "model"), ("framework", "framework"), ("precision", "prec"),
+    ("image_size", "size"), ("batch", "batch"), ("train_img_per_s", "train img/s"),
+    ("infer_img_per_s", "infer img/s"), ("train_step_ms", "train ms"),
+    ("infer_step_ms", "infer ms"), ("params", "params"), ("infer_gflops_per_img", "GFLOPs/img"),
+    ("train_tflops", "train TFLOP/s"), ("train_mfu", "train MFU"), ("infer_mfu", "infer MFU"),
+    ("train_compile_s", "compile s"),
+)
+
+
+def _fmt(key: str, v) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return ""
+    if key.endswith("_mfu"):
+        return f"{100 * v:.1f}%"
+    if "_vs_" in key:
+        return f"{v:.2f}x"
+    if key == "params":
+        return f"{v / 1e6:.2f}M"
+    if key.endswith("_ms") or key.endswith("_compile_s"):
+        return f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+    if key.endswith("_gflops_per_img") or key.endswith("_tflops"):
+        return f"{v:.3g}"
+    if isinstance(v, float):
+        return f"{v:,.1f}"
+    return str(v)
+
+
+def speed_markdown(rows: list[dict], meta: dict | None = None) -> str:
+    """The rows as a Markdown table (ratio columns appear when a peer was timed), with the
+    command, device, versions and date above it when ``meta`` is given."""
+    cols = list(_MD_COLUMNS)
+    ratios = {k for r in rows for k in r if "_vs_" in k}
+    for key in sorted(ratios, key=lambda k: (k.split("_vs_")[1], not k.startswith("train"))):
+        phase, peer = key.split("_vs_")
+        cols.append((key, f"{phase} vs {peer}"))
+    lines = []
+    if meta:
+        lines += ["# Throughput", "",
+                  f"- command: `{meta.get('command', '')}`",
+                  f"- device: {meta.get('device', '')}",
+                  "- versions: " + ", ".join(f"{k} {v}" for k, v in
+                                              (meta.get("versions") or {}).items()),
+                  f"- date: {meta.get('date', '')}", "",
+                  "Synthetic preprocessed inputs; median of the timed steps after warm-up; "
+                  "compile time apart. GFLOPs from XLA's cost analysis (multiply-add = 2). "
+                  "MFU against the device's dense spec peak. Ratios: ours / peer img/s.", ""]
+    lines.append("| " + " | ".join(h for _, h in cols) + " | notes |")
+    lines.append("|" + "|".join("---" for _ in cols) + "|---|")
+    for r in rows:
+        notes = "; ".join(n for n in (r.get("batch_note"), r.get("note")) if n)
+        lines.append("| " + " | ".join(_fmt(k, r.get(k)) for k, _ in cols) + f" | {notes} |")
+    return "\n".join(lines) + "\n"
+
+
+def _versions(rows: list[dict]) -> dict:
+    import flax
+
+    out = {"python": platform.python_version(), "jax": jax.__version__,
+           "flax": flax.__version__, "numpy": np.__version__}
+    frameworks = {r.get("framework") for r in rows}
+    for fw in ("keras", "torch"):
+        mod = sys.modules.get(fw)
+        if fw in frameworks and mod is not None:
+            out[fw] = getattr(mod, "__version__", "?")
+    return out
+
+
+def write_speed(rows: list[dict], out_dir: str | Path, name: str = "speed",
+                command: str | None = None) -> tuple[Path, Path]:
+    """Write ``<name>.json`` (rows plus command, device, versions, date) and ``<name>.md``
+    to ``out_dir``; return their paths."""
+    from .train import device_description
+
+    out_dir = Path(out_dir)
+    meta = {"command": command if command is not None else shlex.join(sys.argv),
+            "device": _device_line(device_description()),
+            "versions": _versions(rows), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
+    bio.write_json(json_path, dict(meta, kind="bench-speed", rows=rows))
+    bio.write_text(md_path, speed_markdown(rows, meta))
+    return json_path, md_path
+
+
+def _device_line(d: dict) -> str:
+    return f"{d['count']}x {d['kind']} ({d['platform']}, host {d['host']})"
