@@ -1,0 +1,45 @@
+"""Heads, stacking and ensemble scores on arrays (embeddings and class probabilities).
+
+Everything here is a scikit-learn estimator or a function of NumPy arrays; nothing imports
+the models, features or bench packages, and JAX is imported only when a JAX head is fit.
+
+* ``LogisticHead``: multinomial logistic regression on standardised embeddings, L2 by CV.
+* ``ConcatHead``: one head over several backbones' embeddings, optionally with dropout.
+* ``StackingEnsemble``, ``AveragingEnsemble``, ``VotingEnsemble``, ``PrefitMember``,
+  ``Views``: ensembles of heads and of networks trained elsewhere.
+* ``metrics``: accuracy, top-k, Kaggle log-loss, ECE, ``compare`` for results tables.
+* ``grouping``: merge classes that a model confuses (report 004).
+"""
+
+from .grouping import class_affinity, estimate_n_groups, group_classes, grouped_confusion, regroup
+from .heads import ConcatHead, LogisticHead
+from .metrics import (
+    accuracy,
+    combined_throughput,
+    compare,
+    expected_calibration_error,
+    log_loss,
+    top_k_accuracy,
+)
+from .stacking import AveragingEnsemble, PrefitMember, StackingEnsemble, Views, VotingEnsemble
+
+__all__ = [
+    "AveragingEnsemble",
+    "ConcatHead",
+    "LogisticHead",
+    "PrefitMember",
+    "StackingEnsemble",
+    "Views",
+    "VotingEnsemble",
+    "accuracy",
+    "class_affinity",
+    "combined_throughput",
+    "compare",
+    "estimate_n_groups",
+    "expected_calibration_error",
+    "group_classes",
+    "grouped_confusion",
+    "log_loss",
+    "regroup",
+    "top_k_accuracy",
+]
