@@ -206,7 +206,8 @@ class Steps:
 
 def build_steps(model, tx, *, num_classes: int, preprocessing: str,
                 augment: aug.AugmentConfig, label_smoothing: float, mesh: Mesh,
-                freeze: str | None = None, on_device_data: bool = True) -> Steps:
+                freeze: str | None = None, on_device_data: bool = True,
+                trainable_mask=None) -> Steps:
     """Jit the train and eval steps for ``model`` over ``mesh``.
 
     Train step: ``(state, x_all, idx, key) -> (state, metrics)`` when ``on_device_data``
@@ -230,6 +231,10 @@ def build_steps(model, tx, *, num_classes: int, preprocessing: str,
 
     def train_core(state, images, labels, key):
         def loss_fn(params, rest):
+            if trainable_mask is not None:
+                # Frozen blocks: no gradient flows, so XLA drops their backward pass.
+                params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p),
+                                      params, trainable_mask)
             logits, new_rest = forward_train(params, rest, images, key)
             loss = cross_entropy(logits, labels, num_classes, label_smoothing).mean()
             return loss, (logits, new_rest)

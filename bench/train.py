@@ -214,7 +214,7 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
     steps = engine.build_steps(
         model, tx, num_classes=num_classes, preprocessing=info.preprocessing,
         augment=AugmentConfig(cfg.augment), label_smoothing=cfg.label_smoothing, mesh=mesh,
-        freeze=cfg.freeze)
+        freeze=cfg.freeze, trainable_mask=mask)
     state = engine.init_state(model, tx)
     del model, params
     if cfg.init_from:
