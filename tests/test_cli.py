@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, write_image_folder
+from helpers import REPO, write_image_folder
 
 TINY = ["--image-size", "16", "--batch-size", "16", "--optimizer", "adam", "--lr", "0.003",
         "--weight-decay", "0", "--augment", "none", "--quiet"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, synthetic_dataset, write_image_folder
+from helpers import REPO, synthetic_dataset, write_image_folder
 
 TINY = dict(model="benchmark_cnn", image_size=16, batch_size=24, optimizer="adam", lr=3e-3,
             weight_decay=0.0, schedule="cosine", augment="none")
@@ -114,7 +114,7 @@ _DP_SCRIPT = r"""
 import json, sys
 sys.path.insert(0, {tests!r})
 import numpy as np, jax
-from conftest import synthetic_dataset
+from helpers import synthetic_dataset
 from bench.train import RunConfig, train
 assert len(jax.devices()) == 4, jax.devices()
 ds = synthetic_dataset(n_per_class=32, size=16)
