@@ -25,7 +25,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ._registry import PretrainedFile, register_model
-from .inception_v3 import Stem, conv_bn, keras_conv_bn_names, load_keras_h5_by_creation_order
+from .inception_v3 import Stem, conv_bn, keras_conv_bn_names
+from .keras_weights import load_keras_h5_by_creation_order
 from .layers import (
     Classifier,
     ConvBN,
@@ -194,7 +195,7 @@ class InceptionResNetV2(Classifier):
 
     def load_weights(self, path: str) -> None:
         """Load a Keras-2 ``.h5`` file of ``keras.applications.InceptionResNetV2``, the official
-        ``*_notop.h5`` included (see ``inception_v3.load_keras_h5_by_creation_order``)."""
+        ``*_notop.h5`` included (see ``keras_weights.load_keras_h5_by_creation_order``)."""
         load_keras_h5_by_creation_order(self, path)
 
 

@@ -20,15 +20,16 @@ Published size (Keras ``count_params()``, batch-norm statistics included): 23,85
 
 from __future__ import annotations
 
-import os
-import re
 from typing import Sequence
 
 import jax.numpy as jnp
 from flax import nnx
 
 from ._registry import PretrainedFile, register_model
-from .keras_weights import load_keras_h5
+from .keras_weights import (  # noqa: F401 (re-exported: older imports and the tests)
+    keras_auto_name,
+    load_keras_h5_by_creation_order,
+)
 from .layers import (
     KERAS_BN_EPS,
     KERAS_BN_MOMENTUM,
@@ -273,19 +274,6 @@ class InceptionV3(Classifier):
 
 
 # --------------------------------------------------------------------------------------------
-# Keras' automatic layer names (shared with InceptionResNetV2 and Xception).
-
-# Layer classes whose unnamed instances these models have; Keras names them ``prefix``,
-# ``prefix_1``, ... in the order it creates them within a session.
-KERAS_AUTO_PREFIXES = ("conv2d", "batch_normalization")
-_AUTO_NAME = re.compile(r"^(conv2d|batch_normalization)(?:_(\d+))?$")
-
-
-def keras_auto_name(prefix: str, index: int) -> str:
-    """The name a fresh Keras 3 (or tf.keras) session gives the ``index``-th unnamed layer."""
-    return prefix if index == 0 else f"{prefix}_{index}"
-
-
 def keras_conv_bn_names(units: Sequence[ConvBN], start: int = 0) -> dict:
     """``{"conv2d_<i>": conv, "batch_normalization_<i>": bn}`` for unnamed ``conv2d_bn`` units
     listed in creation order, numbered from ``start``."""
@@ -295,78 +283,6 @@ def keras_conv_bn_names(units: Sequence[ConvBN], start: int = 0) -> dict:
         layers[keras_auto_name("batch_normalization", i)] = unit.bn
     return layers
 
-
-def _file_layer_names(path: str) -> list[str] | None:
-    """The ``layer_names`` of a Keras-2 ``.h5`` file; ``None`` if it is not one (the loader
-    then says why)."""
-    import h5py
-
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        return None
-    with f:
-        for root in (f, f.get("model_weights")):
-            if root is None:
-                continue
-            if "layer_names" in root.attrs:
-                values = list(root.attrs["layer_names"])
-            else:  # Keras splits long attributes into layer_names0, layer_names1, ...
-                values, i = [], 0
-                while f"layer_names{i}" in root.attrs:
-                    values.extend(root.attrs[f"layer_names{i}"])
-                    i += 1
-            if values:
-                return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in values]
-    return None
-
-
-def _auto_by_prefix(names) -> dict[str, list[str]]:
-    """Auto-named layers grouped by class prefix, each group in creation (number) order."""
-    groups: dict[str, list[tuple[int, str]]] = {p: [] for p in KERAS_AUTO_PREFIXES}
-    for name in names:
-        m = _AUTO_NAME.match(name)
-        if m:
-            groups[m.group(1)].append((int(m.group(2) or 0), name))
-    return {p: [n for _, n in sorted(g)] for p, g in groups.items()}
-
-
-class _Renamed:
-    """A model seen under other Keras layer names, for ``load_keras_h5``."""
-
-    def __init__(self, model, renames: dict[str, str]):
-        self._model = model
-        self._renames = renames
-        self.keras_top_layers = getattr(model, "keras_top_layers", ("predictions",))
-
-    def keras_layers(self) -> dict:
-        return {self._renames.get(k, k): v for k, v in self._model.keras_layers().items()}
-
-
-def load_keras_h5_by_creation_order(model, path: str | os.PathLike) -> list[str]:
-    """``load_keras_h5``, with unnamed layers (``conv2d_<i>``, ``batch_normalization_<i>``)
-    matched by their creation order rather than their exact number.
-
-    Keras numbers unnamed layers per session: a fresh Keras 3 or tf.keras session starts at
-    ``conv2d``, Keras 2.0 (which saved the official ImageNet files) at ``conv2d_1``, and a
-    session that built other models before goes on from their count. When the file has as
-    many such layers as the model, the k-th lowest number in the file is taken for the model's
-    k-th; otherwise the names are used as they are, and ``load_keras_h5`` reports the mismatch.
-    """
-    path = os.fspath(path)
-    file_names = _file_layer_names(path)
-    renames: dict[str, str] = {}
-    if file_names is not None:
-        ours = _auto_by_prefix(model.keras_layers())
-        theirs = _auto_by_prefix(file_names)
-        for prefix in KERAS_AUTO_PREFIXES:
-            if len(ours[prefix]) == len(theirs[prefix]):
-                renames.update((a, b) for a, b in zip(ours[prefix], theirs[prefix]) if a != b)
-    if not renames:
-        return load_keras_h5(model, path)
-    # Named after the model's class: load_keras_h5's errors say what it was loading into.
-    view = type(type(model).__name__, (_Renamed,), {})(model, renames)
-    return load_keras_h5(view, path)
 
 
 @register_model(

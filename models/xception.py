@@ -23,7 +23,7 @@ from __future__ import annotations
 from flax import nnx
 
 from ._registry import PretrainedFile, register_model
-from .inception_v3 import keras_auto_name, load_keras_h5_by_creation_order
+from .keras_weights import keras_auto_name, load_keras_h5_by_creation_order
 from .keras_weights import SeparableConv
 from .layers import (
     KERAS_BN_EPS,
@@ -193,7 +193,7 @@ class Xception(Classifier):
 
     def load_weights(self, path: str) -> None:
         """Load a Keras-2 ``.h5`` file of ``keras.applications.Xception``, the official
-        ``*_notop.h5`` included (see ``inception_v3.load_keras_h5_by_creation_order``)."""
+        ``*_notop.h5`` included (see ``keras_weights.load_keras_h5_by_creation_order``)."""
         load_keras_h5_by_creation_order(self, path)
 
 
