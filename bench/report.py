@@ -165,18 +165,13 @@ def write_history(run_dir: Path, rec: dict) -> None:
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
     ep = [r["epoch"] for r in hist]
-    a1.plot(ep, [r["train_loss"] for r in hist], label="train")
-    if "val_loss" in hist[0]:
-        a1.plot(ep, [r.get("val_loss") for r in hist], label="val")
-    a1.set_title("loss")
-    a1.set_xlabel("epoch")
-    a1.legend()
-    a2.plot(ep, [r["train_accuracy"] for r in hist], label="train")
-    if "val_accuracy" in hist[0]:
-        a2.plot(ep, [r.get("val_accuracy") for r in hist], label="val")
-    a2.set_title("accuracy")
-    a2.set_xlabel("epoch")
-    a2.legend()
+    for ax, metric in ((a1, "loss"), (a2, "accuracy")):
+        ax.plot(ep, [r[f"train_{metric}"] for r in hist], label="train")
+        if f"val_{metric}" in hist[0]:
+            ax.plot(ep, [r.get(f"val_{metric}") for r in hist], label="val")
+        ax.set_title(metric)
+        ax.set_xlabel("epoch")
+        ax.legend()
     fig.suptitle(rec.get("tag") or "")
     fig.tight_layout()
     with bio.atomic_path(run_dir / "curves.png", suffix=".png") as tmp:
