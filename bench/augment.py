@@ -69,11 +69,14 @@ def _bilinear_sample(img, ys, xs):
     return top * (1 - wy) + bottom * wy
 
 
-def affine(key, x, rotation=15.0, shift=0.1, zoom=0.1, flip=True):
+def affine(key, x, rotation=15.0, shift=0.1, zoom=0.1, flip=True, vflip=False):
+    """Random rotation, shift (a fraction, or a (height, width) pair of fractions as Keras'
+    ``height_shift_range``/``width_shift_range``), zoom, horizontal and vertical flips."""
     n, h, w, _ = x.shape
-    k_rot, k_shift, k_zoom, k_flip = jax.random.split(key, 4)
+    k_rot, k_shift, k_zoom, k_flip, k_vflip = jax.random.split(key, 5)
     theta = jnp.deg2rad(jax.random.uniform(k_rot, (n,), minval=-rotation, maxval=rotation))
-    t = jax.random.uniform(k_shift, (n, 2), minval=-shift, maxval=shift) * jnp.array([h, w])
+    sh = jnp.broadcast_to(jnp.asarray(shift, jnp.float32), (2,))
+    t = jax.random.uniform(k_shift, (n, 2), minval=-1.0, maxval=1.0) * sh * jnp.array([h, w])
     s = jax.random.uniform(k_zoom, (n, 2), minval=1 - zoom, maxval=1 + zoom)
     yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
                           indexing="ij")
@@ -88,6 +91,9 @@ def affine(key, x, rotation=15.0, shift=0.1, zoom=0.1, flip=True):
         return _bilinear_sample(img, sy, sx)
 
     out = jax.vmap(warp)(x, theta, t, s)
+    if vflip:
+        do = jax.random.bernoulli(k_vflip, 0.5, (n,))
+        out = jnp.where(do[:, None, None, None], out[:, ::-1], out)
     return _flip(k_flip, out) if flip else out
 
 

@@ -100,10 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("run", help="run a suite of models and write the comparison table")
-    p.add_argument("--suite", default="quick", help="suite name (default: quick)")
+    p.add_argument("--suite", default="quick",
+                   help="'quick' (default: two models on --dataset) or 'seeds' (the five "
+                        "reports replayed on --data-root; writes results/seeds/)")
     p.add_argument("--dataset", default="digits",
                    help="'digits' (bundled default), a folder or .zip, or tfds:NAME")
-    p.add_argument("--data-root", help="folder with the data sets a suite needs")
+    p.add_argument("--data-root", help="folder with the data sets a suite needs "
+                   "(seeds: food101-3class/, dogs-vs-cats/, cifar10-jpeg/ as ../shared/assets)")
+    p.add_argument("--sections", help="seeds suite: comma-separated report numbers "
+                   "(default: 000,001,002,003,004)")
     p.add_argument("--epochs", type=int, help="override the suite's epochs")
     p.add_argument("--max-per-class", type=int)
     p.add_argument("--seed", type=int, default=0)
@@ -141,6 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log-loss clip eps (Kaggle scoring clips predictions to [eps, 1-eps])")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", "-q", action="store_true")
+
+    p = sub.add_parser("group", help="merge the classes a trained run confuses (from its "
+                       "validation confusion) and score its test predictions per group")
+    p.add_argument("--run", required=True, help="a run directory, OUT/runs/<run_id>")
+    p.add_argument("--groups", default="auto",
+                   help="number of groups, or 'auto' (cut where mean confusion < --min-confusion)")
+    p.add_argument("--method", choices=("agglomerative", "spectral"), default="agglomerative")
+    p.add_argument("--min-confusion", type=float,
+                   help="for --groups auto: merge classes confused at least this often "
+                        "(default 0.1)")
+    p.add_argument("--cache-dir", help="prepared-data cache (only for runs without saved "
+                   "validation predictions)")
 
     p = sub.add_parser("speed", help="train/inference throughput, GFLOPs and MFU per model "
                        "(timm-style table), optionally against Keras and PyTorch")
@@ -234,6 +251,9 @@ def cmd_run(args) -> int:
     from .suites import get_suite
     from .train import train
 
+    if args.suite == "seeds":
+        return cmd_seeds(args)
+
     configs = get_suite(args.suite)(args.dataset, epochs=args.epochs, seed=args.seed,
                                     max_per_class=args.max_per_class)
     _init_distributed(args)
@@ -248,6 +268,25 @@ def cmd_run(args) -> int:
         records.append(train(cfg, args.out, quiet=args.quiet, force=args.force,
                              cache_dir=args.cache_dir))
     _finish(args.out, records, args.quiet)
+    return 0
+
+
+def cmd_seeds(args) -> int:
+    from .seeds import DEFAULT_OUT as SEEDS_OUT
+    from .seeds import SECTIONS, run_seeds
+
+    if not args.data_root:
+        raise ValueError("--suite seeds needs --data-root (a folder laid out as "
+                         "../shared/assets)")
+    out = SEEDS_OUT if args.out == DEFAULT_OUT else args.out
+    sections = (tuple(s.strip() for s in args.sections.split(",") if s.strip())
+                if args.sections else SECTIONS)
+    _init_distributed(args)
+    path = run_seeds(args.data_root, out, sections=sections, quiet=args.quiet,
+                     force=args.force, cache_dir=args.cache_dir, seed=args.seed,
+                     devices=args.devices)
+    print(path.read_text())
+    print(f"wrote {path}")
     return 0
 
 
@@ -310,6 +349,23 @@ def cmd_ensemble(args) -> int:
                         quiet=args.quiet)
     write_summary(args.out)
     print(ensemble_markdown(rows, args.clip))
+    return 0
+
+
+def cmd_group(args) -> int:
+    from .group import group_markdown, group_run
+
+    if args.groups == "auto":
+        k = None
+    else:
+        try:
+            k = int(args.groups)
+        except ValueError:
+            raise ValueError(f"--groups {args.groups!r}: expected an integer or 'auto'") from None
+    result = group_run(args.run, k, method=args.method, min_confusion=args.min_confusion,
+                       cache_dir=args.cache_dir)
+    print(group_markdown(result))
+    print(f"wrote {Path(args.run) / 'groups.json'} and grouped_confusion.csv/.png")
     return 0
 
 
@@ -395,8 +451,8 @@ def cmd_models(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "train": cmd_train, "features": cmd_features,
-            "ensemble": cmd_ensemble, "speed": cmd_speed, "compare": cmd_compare,
-            "report": cmd_report, "models": cmd_models}
+            "ensemble": cmd_ensemble, "group": cmd_group, "speed": cmd_speed,
+            "compare": cmd_compare, "report": cmd_report, "models": cmd_models}
 
 
 def main(argv: list[str] | None = None) -> int:

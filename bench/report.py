@@ -122,32 +122,38 @@ def _plt():
 
 def write_confusion(run_dir: Path, rec: dict) -> None:
     cm = rec.get("confusion")
-    classes = rec.get("classes") or []
     if not cm:
         return
+    write_confusion_files(run_dir, "confusion", cm, rec.get("classes") or [],
+                          f"{rec.get('tag')}: accuracy {100 * rec.get('accuracy', 0):.2f}%")
+
+
+def write_confusion_files(out_dir: Path, stem: str, cm, labels: list[str], title: str) -> None:
+    """``out_dir/<stem>.csv`` and ``.png`` of a confusion matrix (rows = true class)."""
+    cm = [[int(v) for v in row] for row in cm]
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["true\\pred"] + classes)
-    for c, row in zip(classes, cm):
+    w.writerow(["true\\pred"] + list(labels))
+    for c, row in zip(labels, cm):
         w.writerow([c] + row)
-    bio.write_text(run_dir / "confusion.csv", buf.getvalue())
+    bio.write_text(Path(out_dir) / f"{stem}.csv", buf.getvalue())
     plt = _plt()
-    n = len(classes)
+    n = len(labels)
     size = min(12, 2 + 0.35 * n)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(cm, cmap="Blues")
     if n <= 30:
-        ax.set_xticks(range(n), classes, rotation=90, fontsize=8)
-        ax.set_yticks(range(n), classes, fontsize=8)
+        ax.set_xticks(range(n), labels, rotation=90, fontsize=8)
+        ax.set_yticks(range(n), labels, fontsize=8)
         if n <= 15:
             for i in range(n):
                 for j in range(n):
                     ax.text(j, i, cm[i][j], ha="center", va="center", fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{rec.get('tag')}: accuracy {100 * rec.get('accuracy', 0):.2f}%")
+    ax.set_title(title)
     fig.tight_layout()
-    with bio.atomic_path(run_dir / "confusion.png", suffix=".png") as tmp:
+    with bio.atomic_path(Path(out_dir) / f"{stem}.png", suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 

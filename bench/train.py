@@ -38,9 +38,13 @@ class RunConfig:
     dataset: str = "digits"
     image_size: int | None = None  # None: the model's default input size
     epochs: int = 10
-    batch_size: int = 128  # global batch, split over devices
+    # Defaults: SGD + momentum with He et al.'s CIFAR rate (0.1 per 128 images) scaled to
+    # Keras' default batch of 32, cosine decay, flips. Measured on CIFAR-10 (JPEG copy),
+    # ResNet-20, 3 epochs: batch 128 + crop/flip 69.04%, batch 64 + flip 74.42%, these 75.48%
+    # (short schedules favour more steps and milder augmentation; results/examples/).
+    batch_size: int = 32  # global batch, split over devices
     optimizer: str = "sgd"
-    lr: float = 0.1  # He et al.'s CIFAR rate for batch 128
+    lr: float = 0.025  # peak, per global batch
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "cosine"
@@ -48,7 +52,7 @@ class RunConfig:
     step_epochs: tuple[float, ...] = ()
     label_smoothing: float = 0.0
     grad_clip: float = 0.0
-    augment: str = "crop_flip"  # none | crop_flip | affine
+    augment: str = "flip"  # none | flip | crop_flip | affine
     patience: int = 0  # early stopping on val loss; 0 = off
     seed: int = 0
     devices: int | None = None  # None: all local devices
@@ -326,6 +330,11 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
         advance = prog.task("test", len(test_split.labels))
         logp = engine.predict_log_proba(steps, state, test_split.images, cfg.eval_batch_size,
                                         mesh, progress=advance)
+        # The scored weights' validation predictions: what `bench group` clusters classes on
+        # (choosing groups on the test split would grade them on the data that chose them).
+        val_logp = (engine.predict_log_proba(steps, state, val_split.images,
+                                             cfg.eval_batch_size, mesh)
+                    if len(val_split.labels) else None)
     test = bm.full_metrics(logp, test_split.labels, dataset.classes)
     infer = measure_inference(steps, state,
                               test_split.images if len(test_split.labels) else train_split.images,
@@ -334,6 +343,9 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
         wbytes = save_weights(run_dir / "weights.npz", state)
         np.save(run_dir / "test_log_proba.npy", logp.astype(np.float32))
         np.save(run_dir / "test_labels.npy", test_split.labels.astype(np.int32))
+        if val_logp is not None:
+            np.save(run_dir / "val_log_proba.npy", val_logp.astype(np.float32))
+            np.save(run_dir / "val_labels.npy", val_split.labels.astype(np.int32))
     else:
         wbytes = len(bio_bytes(state))
 
