@@ -19,6 +19,7 @@ from .metrics import (
     compare,
     expected_calibration_error,
     log_loss,
+    log_loss_difference,
     top_k_accuracy,
 )
 from .stacking import AveragingEnsemble, PrefitMember, StackingEnsemble, Views, VotingEnsemble
@@ -40,6 +41,7 @@ __all__ = [
     "group_classes",
     "grouped_confusion",
     "log_loss",
+    "log_loss_difference",
     "regroup",
     "top_k_accuracy",
 ]

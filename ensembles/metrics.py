@@ -16,6 +16,7 @@ __all__ = [
     "compare",
     "expected_calibration_error",
     "log_loss",
+    "log_loss_difference",
     "top_k_accuracy",
 ]
 
@@ -98,6 +99,33 @@ def log_loss(y, proba, eps: float = KAGGLE_EPS, labels: Sequence | None = None) 
     p = p / p.sum(axis=1, keepdims=True)
     p_true = np.clip(p[np.arange(len(y_idx)), y_idx], eps, 1.0 - eps)
     return float(-np.mean(np.log(p_true)))
+
+
+def _per_sample_log_loss(y, proba, eps: float, labels) -> np.ndarray:
+    p = _as_proba(proba)
+    _check_lengths(y, p)
+    y_idx = _class_index(y, p.shape[1], labels)
+    p = p / p.sum(axis=1, keepdims=True)
+    return -np.log(np.clip(p[np.arange(len(y_idx)), y_idx], eps, 1.0 - eps))
+
+
+def log_loss_difference(y, proba_a, proba_b, eps: float = KAGGLE_EPS,
+                        labels: Sequence | None = None, n_boot: int = 2000, seed: int = 0,
+                        level: float = 0.95) -> dict:
+    """Log-loss of ``a`` minus that of ``b`` on the same rows, with a paired bootstrap
+    confidence interval (rows resampled with replacement, ``n_boot`` times): whether a gap
+    between two methods on one test split is larger than the split's sampling noise.
+
+    Returns ``{'diff', 'lo', 'hi'}``.
+    """
+    d = _per_sample_log_loss(y, proba_a, eps, labels) - _per_sample_log_loss(
+        y, proba_b, eps, labels)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(d), size=(n_boot, len(d)))
+    boots = d[idx].mean(axis=1)
+    alpha = (1.0 - level) / 2
+    return {"diff": float(d.mean()), "lo": float(np.quantile(boots, alpha)),
+            "hi": float(np.quantile(boots, 1 - alpha))}
 
 
 def expected_calibration_error(y, proba, n_bins: int = 15,

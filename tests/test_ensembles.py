@@ -359,3 +359,23 @@ def test_compare_rows_and_combined_throughput():
     assert rows[0]["log_loss"] == pytest.approx(np.log(3))
     assert set(rows[0]) == {"method", "accuracy", "top5", "log_loss", "ece", "img_per_s", "best"}
     assert compare({"a": good}, y)[0]["img_per_s"] is None
+
+
+def test_log_loss_difference_is_paired_and_brackets_the_gap():
+    from ensembles import log_loss, log_loss_difference
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    p_good = np.where(y == 1, 0.9, 0.1)
+    p_bad = np.where(y == 1, 0.6, 0.4)
+    d = log_loss_difference(y, p_bad, p_good)
+    assert d["diff"] == pytest.approx(log_loss(y, p_bad) - log_loss(y, p_good))
+    assert 0 < d["lo"] <= d["diff"] <= d["hi"]
+    # Identical predictions: a zero-width interval at 0.
+    same = log_loss_difference(y, p_good, p_good)
+    assert same == {"diff": 0.0, "lo": 0.0, "hi": 0.0}
+    # Two methods differing on one row out of 400: the interval contains 0.
+    p_one = p_good.copy()
+    p_one[0] = 1 - p_one[0]
+    noisy = log_loss_difference(y, p_one, p_good)
+    assert noisy["lo"] <= 0.0 <= noisy["hi"] and noisy["diff"] > 0
