@@ -412,12 +412,19 @@ def cmd_report(args) -> int:
     from .html import write_html, write_plots
     from .report import write_summary
 
-    rows = write_summary(args.dir, args.title)
+    # A seeds-suite folder keeps its report-beside-ours summary.md; the plain table is runs.md.
+    seeds = Path(args.dir, "seeds.json").exists()
+    md = "runs.md" if seeds else "summary.md"
+    rows = write_summary(args.dir, args.title, md_name=md)
     html = write_html(args.dir, title=args.title)
     plots = write_plots(args.dir)
-    print(Path(args.dir, "summary.md").read_text())
-    print(f"{len(rows)} runs; wrote {Path(args.dir) / 'summary.csv'}, "
-          f"{Path(args.dir) / 'summary.md'}, {html}", *plots, sep="\n  ")
+    written = [Path(args.dir) / "summary.csv", Path(args.dir) / md, html]
+    if seeds:
+        from .seeds import rewrite_summary
+
+        written.append(rewrite_summary(args.dir))
+    print(Path(args.dir, md).read_text())
+    print(f"{len(rows)} runs; wrote", *written, *plots, sep="\n  ")
     return 0
 
 

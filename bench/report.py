@@ -97,8 +97,10 @@ def summary_markdown(rows: list[dict], title: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(out_dir: str | Path, title: str | None = None) -> list[dict]:
-    """Regenerate ``summary.csv`` and ``summary.md`` in ``out_dir`` from its records."""
+def write_summary(out_dir: str | Path, title: str | None = None,
+                  md_name: str = "summary.md") -> list[dict]:
+    """Regenerate ``summary.csv`` and ``summary.md`` (``md_name``) in ``out_dir`` from its
+    records."""
     out_dir = Path(out_dir)
     rows = [summary_row(r) for r in load_records(out_dir)]
     buf = io.StringIO()
@@ -107,7 +109,7 @@ def write_summary(out_dir: str | Path, title: str | None = None) -> list[dict]:
     for r in rows:
         w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in SUMMARY_COLUMNS})
     bio.write_text(out_dir / "summary.csv", buf.getvalue())
-    bio.write_text(out_dir / "summary.md", summary_markdown(rows, title))
+    bio.write_text(out_dir / md_name, summary_markdown(rows, title))
     return rows
 
 

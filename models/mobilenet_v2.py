@@ -62,17 +62,18 @@ def _conv1x1(in_f: int, out_f: int, *, rngs):
     return nnx.Conv(in_f, out_f, (1, 1), use_bias=False, kernel_init=glorot_uniform, rngs=rngs)
 
 
-def _bn(features: int, *, rngs):
-    return nnx.BatchNorm(features, epsilon=BN_EPS, momentum=BN_MOMENTUM, rngs=rngs)
+def _bn(features: int, *, rngs, momentum: float = BN_MOMENTUM):
+    return nnx.BatchNorm(features, epsilon=BN_EPS, momentum=momentum, rngs=rngs)
 
 
 class ConvBNReLU6(nnx.Module):
     """A bias-free conv, BN, ReLU6: ``Conv1``/``bn_Conv1`` and ``Conv_1``/``Conv_1_bn``."""
 
-    def __init__(self, in_f: int, out_f: int, kernel: int, stride: int, *, rngs: nnx.Rngs):
+    def __init__(self, in_f: int, out_f: int, kernel: int, stride: int, *, rngs: nnx.Rngs,
+                 bn_momentum: float = BN_MOMENTUM):
         self.conv = nnx.Conv(in_f, out_f, (kernel, kernel), strides=stride, padding="SAME",
                              use_bias=False, kernel_init=glorot_uniform, rngs=rngs)
-        self.bn = _bn(out_f, rngs=rngs)
+        self.bn = _bn(out_f, rngs=rngs, momentum=bn_momentum)
 
     def __call__(self, x):
         return relu6(self.bn(self.conv(x)))
@@ -82,15 +83,17 @@ class InvertedResidual(nnx.Module):
     """Keras ``_inverted_res_block``: [1x1 expand, BN, ReLU6], 3x3 depthwise, BN, ReLU6,
     1x1 project, BN, plus the input when the shape is kept."""
 
-    def __init__(self, in_f: int, out_f: int, expansion: int, stride: int, *, rngs: nnx.Rngs):
+    def __init__(self, in_f: int, out_f: int, expansion: int, stride: int, *, rngs: nnx.Rngs,
+                 bn_momentum: float = BN_MOMENTUM):
         hidden = in_f * expansion
+        bn = dict(rngs=rngs, momentum=bn_momentum)
         self.expand = _conv1x1(in_f, hidden, rngs=rngs) if expansion != 1 else None
-        self.expand_bn = _bn(hidden, rngs=rngs) if expansion != 1 else None
+        self.expand_bn = _bn(hidden, **bn) if expansion != 1 else None
         self.depthwise = DepthwiseConv(hidden, 1, 3, stride, "SAME" if stride == 1 else "VALID",
                                        use_bias=False, rngs=rngs)
-        self.depthwise_bn = _bn(hidden, rngs=rngs)
+        self.depthwise_bn = _bn(hidden, **bn)
         self.project = _conv1x1(hidden, out_f, rngs=rngs)
-        self.project_bn = _bn(out_f, rngs=rngs)
+        self.project_bn = _bn(out_f, **bn)
         self.stride = stride
         self.residual = in_f == out_f and stride == 1
 
@@ -125,23 +128,30 @@ class MobileNetV2(Classifier):
               "top_conv")
 
     def __init__(self, num_classes: int = 1000, *, alpha: float = 1.0, in_channels: int = 3,
-                 dropout: float = 0.0, rngs: nnx.Rngs):
+                 dropout: float = 0.0, bn_momentum: float = BN_MOMENTUM, rngs: nnx.Rngs):
+        """``bn_momentum``: Keras' 0.999 by default; its moving statistics need thousands of
+        steps to forget their initial values, so short runs from scratch evaluate with
+        unconverged statistics (validation at chance while training accuracy rises): use
+        0.99 or 0.9 there."""
         if alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {alpha}")
+        if not 0.0 <= bn_momentum < 1.0:
+            raise ValueError(f"bn_momentum must be in [0, 1), got {bn_momentum}")
         in_f = make_divisible(32 * alpha, 8)
-        self.stem = ConvBNReLU6(in_channels, in_f, 3, 2, rngs=rngs)
+        self.stem = ConvBNReLU6(in_channels, in_f, 3, 2, rngs=rngs, bn_momentum=bn_momentum)
         stages = []
         for stage in STAGES:
             blocks = []
             for expansion, filters, stride in stage:
                 out_f = make_divisible(int(filters * alpha), 8)
-                blocks.append(InvertedResidual(in_f, out_f, expansion, stride, rngs=rngs))
+                blocks.append(InvertedResidual(in_f, out_f, expansion, stride, rngs=rngs,
+                                               bn_momentum=bn_momentum))
                 in_f = out_f
             stages.append(nnx.List(blocks))
         (self.stage1, self.stage2, self.stage3, self.stage4, self.stage5, self.stage6,
          self.stage7) = stages
         last = make_divisible(1280 * alpha, 8) if alpha > 1.0 else 1280
-        self.top_conv = ConvBNReLU6(in_f, last, 1, 1, rngs=rngs)
+        self.top_conv = ConvBNReLU6(in_f, last, 1, 1, rngs=rngs, bn_momentum=bn_momentum)
         self.alpha = alpha
         self.num_features = last
         self.num_classes = num_classes

@@ -99,12 +99,15 @@ def test_most_confused_picks_the_strongest_pair():
     a = np.eye(4, dtype=int) * 10
     b = a.copy()
     b[0, 1], b[1, 0] = 6, 6  # classes 0 and 1 mixed up
+    one_class = np.zeros((4, 4), int)
+    one_class[:, 2] = 10  # predicts class 2 for everything: one-way confusion only
     runs = [{"run_id": "a", "num_classes": 4, "confusion": a.tolist()},
             {"run_id": "b", "num_classes": 4, "confusion": b.tolist()},
+            {"run_id": "z", "num_classes": 4, "confusion": one_class.tolist()},
             {"run_id": "c", "num_classes": 3, "confusion": (np.ones((3, 3)) * 5).tolist()}]
     assert most_confused(runs)["run_id"] == "b"
     with pytest.raises(ValueError, match="4 or more classes"):
-        most_confused(runs[2:])
+        most_confused(runs[3:])
 
 
 def test_seeds_configs_and_missing_data(tmp_path, capsys):
@@ -153,3 +156,21 @@ def test_ensemble_cli_rows_and_noise_intervals(tmp_path, capsys):
         assert v["lo"] <= v["diff"] <= v["hi"]
         assert r["log_loss"] - best[0]["log_loss"] == pytest.approx(v["diff"], abs=1e-9)
     assert (out / "summary.csv").exists()
+
+
+def test_committed_seeds_summary_rerenders(tmp_path):
+    """`bench report results/seeds` rebuilds summary.md from the committed seeds.json."""
+    import shutil
+
+    from helpers import REPO
+
+    from bench.seeds import rewrite_summary
+
+    saved = REPO / "results" / "seeds" / "seeds.json"
+    if not saved.exists():
+        pytest.skip("no committed seeds run")
+    shutil.copy(saved, tmp_path / "seeds.json")
+    text = rewrite_summary(tmp_path).read_text()
+    for section in ("## 000", "## 001", "## 002", "## 003", "## 004"):
+        assert section in text
+    assert "| resnet20+aug+schedule | 94.01%" in text and "Groups:" in text

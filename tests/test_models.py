@@ -339,3 +339,15 @@ def test_vgg16_imagenet_entry():
     assert spec.url.endswith("/vgg16/" + spec.filename) and spec.url.startswith("https://")
     assert (spec.md5, spec.size) == ("6d6bbae143d832006294945121d1f1fc", 58_889_256)
     assert models.get_model_info("vgg16").preprocessing == "caffe"
+
+
+def test_mobilenet_v2_batchnorm_momentum_override():
+    """Keras' 0.999 by default; an override for short runs from scratch (seeds suite 003)."""
+    def momenta(m):
+        return {float(bn.momentum) for _, bn in nnx.iter_graph(m) if isinstance(bn, nnx.BatchNorm)}
+
+    assert momenta(models.create_model("mobilenet_v2", num_classes=10, alpha=0.35)) == {0.999}
+    assert momenta(models.create_model("mobilenet_v2", num_classes=10, alpha=0.35,
+                                       bn_momentum=0.9)) == {0.9}
+    with pytest.raises(ValueError, match="bn_momentum"):
+        models.create_model("mobilenet_v2", num_classes=10, alpha=0.35, bn_momentum=1.0)
