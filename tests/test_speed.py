@@ -158,7 +158,8 @@ def test_torch_peer_times_the_same_architecture():
     import models
     from flax import nnx
 
-    for name in ("resnet20", "efficientnet_lite0"):  # hand-written when timm is absent
+    for name in ("resnet20", "efficientnet_lite0", "resnet50", "mobilenet_v2"):  # hand-written
+        # when timm / torchvision are absent
         net, origin = torch_peer.build(name, models.get_model_info(name).num_classes)
         ours = models.param_count(nnx.eval_shape(lambda: models.create_model(name)))["total"]
         assert torch_peer.param_count(net) == ours, (name, origin)
@@ -291,3 +292,20 @@ def test_write_html_reads_the_results_directory(tmp_path):
     text = write_html(tmp_path).read_text()
     assert "resnet20" in text and "bench speed" in text and ">777.0<" in text
     assert text.count("<table") == 2
+
+
+def test_conv_gap_script_times_every_kernel(capsys, tmp_path):
+    """`python -m bench.peers.conv_gap`: forward and both gradients per ResNet-20 shape."""
+    import json
+
+    from bench.peers import conv_gap
+
+    out = tmp_path / "gap.json"
+    assert conv_gap.main(["--batch", "2", "--warmup", "0", "--repeats", "1", "--no-torch",
+                          "--rewrite", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["shape"] for r in rows] == ["2x32x32x16", "2x16x16x32", "2x8x8x64"]
+    for r in rows:
+        for k in ("fwd", "bwd_input", "bwd_kernel", "bwd_kernel_shifted"):
+            assert r[f"jax_{k}_ms"] > 0
+    assert "ResNet-20's 3x3 convolutions" in capsys.readouterr().out

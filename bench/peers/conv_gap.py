@@ -59,6 +59,33 @@ def time_jax(batch: int, size: int, ch: int, warmup: int, repeats: int) -> dict:
     }
 
 
+def time_kernel_grad_shifted(batch: int, size: int, ch: int, warmup: int, repeats: int
+                             ) -> float:
+    """The kernel gradient written as 9 shifted matmuls (one per tap), ms: a rewrite that
+    could sidestep XLA:CPU's backward-filter convolution (it does not, see the results)."""
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((batch, size, size, ch), np.float32))
+    g = jnp.asarray(rng.standard_normal((batch, size, size, ch), np.float32))
+
+    @jax.jit
+    def shifted(g, x):
+        xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        taps = [xp[:, i:i + size, j:j + size, :].reshape(-1, ch).T @ g.reshape(-1, ch)
+                for i in range(3) for j in range(3)]
+        return jnp.stack(taps).reshape(3, 3, ch, ch)
+
+    dn = ("NHWC", "HWIO", "NHWC")
+    w = jnp.zeros((3, 3, ch, ch), jnp.float32)
+    ref = jax.vjp(lambda w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                         dimension_numbers=dn), w)[1](g)[0]
+    np.testing.assert_allclose(np.asarray(shifted(g, x)), np.asarray(ref), rtol=1e-3,
+                               atol=1e-3 * float(jnp.abs(ref).max()))  # the same gradient
+    return _median_ms(lambda: shifted(g, x).block_until_ready(), warmup, repeats)
+
+
 def time_torch(batch: int, size: int, ch: int, warmup: int, repeats: int) -> dict:
     import torch
 
@@ -93,6 +120,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--rewrite", action="store_true",
+                   help="also time the kernel gradient as 9 shifted matmuls in JAX")
     p.add_argument("--json")
     args = p.parse_args(argv)
     rows = []
@@ -100,6 +129,9 @@ def main(argv=None) -> int:
         row = {"shape": f"{args.batch}x{size}x{size}x{ch}", "convs_in_resnet20": N_CONVS[ch]}
         for k, v in time_jax(args.batch, size, ch, args.warmup, args.repeats).items():
             row[f"jax_{k}_ms"] = v
+        if args.rewrite:
+            row["jax_bwd_kernel_shifted_ms"] = time_kernel_grad_shifted(
+                args.batch, size, ch, args.warmup, args.repeats)
         if not args.no_torch:
             for k, v in time_torch(args.batch, size, ch, args.warmup, args.repeats).items():
                 row[f"torch_{k}_ms"] = v
@@ -113,6 +145,9 @@ def main(argv=None) -> int:
         cells = [f"{r[f'{fw}_{k}_ms']:.2f}" for k in kinds for fw in ("jax", "torch")
                  if f"{fw}_{k}_ms" in r]
         print(f"| {r['shape']} | {r['convs_in_resnet20']} | " + " | ".join(cells) + " |")
+    if args.rewrite:
+        print("jax kernel gradient as 9 shifted matmuls, ms: " + ", ".join(
+            f"{r['shape']} {r['jax_bwd_kernel_shifted_ms']:.2f}" for r in rows))
     for fw in ("jax", "torch"):
         if f"{fw}_fwd_ms" in rows[0]:
             total = sum(r["convs_in_resnet20"] * sum(r[f"{fw}_{k}_ms"] for k in kinds)

@@ -3,7 +3,8 @@ on CUDA when available, else on the CPU.
 
 Models come from torchvision or timm when installed; the CIFAR ResNets (option-A shortcuts,
 as ``models.cifar_resnet``) and EfficientNet-Lite0..4 (as ``models.efficientnet_lite``) are
-written here, so those two families need only ``torch``. The hand-written ones pad
+written here, so those two families need only ``torch``, and so are Keras' ResNet50 (v1)
+and MobileNetV2 for machines without torchvision. The hand-written ones pad
 convolutions symmetrically (``k // 2``) where ours pad like TensorFlow's ``SAME``; the output
 shapes and the work are the same. bf16 is ``torch.autocast(dtype=torch.bfloat16)`` with
 float32 parameters and optimizer state, the loss in float32. Each timed step ends with a
@@ -42,8 +43,8 @@ LIBRARY_MODELS = {
 if torch is not None:
 
     class _ConvBN(nn.Sequential):
-        def __init__(self, cin, cout, k, stride=1, groups=1, act=None, eps=1e-5):
-            layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+        def __init__(self, cin, cout, k, stride=1, groups=1, act=None, eps=1e-5, bias=False):
+            layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=bias),
                       nn.BatchNorm2d(cout, eps=eps)]
             if act is not None:
                 layers.append(act())
@@ -121,6 +122,63 @@ if torch is not None:
             return self.fc(self.dropout(self.features(x).mean((2, 3))))
 
 
+    class _Bottleneck(nn.Module):
+        """Keras ResNet50 (v1) bottleneck: the stride on the first 1x1 convolution, a
+        projection shortcut on each stage's first block (``models.resnet``)."""
+
+        def __init__(self, cin, mid, stride, project):
+            super().__init__()
+            bn = dict(eps=1.001e-5, bias=True)  # Keras' ResNet50 convolutions have biases
+            self.conv1 = _ConvBN(cin, mid, 1, stride, act=nn.ReLU, **bn)
+            self.conv2 = _ConvBN(mid, mid, 3, 1, act=nn.ReLU, **bn)
+            self.conv3 = _ConvBN(mid, 4 * mid, 1, **bn)
+            self.shortcut = _ConvBN(cin, 4 * mid, 1, stride, **bn) if project else None
+
+        def forward(self, x):
+            s = self.shortcut(x) if self.shortcut is not None else x
+            return F.relu(self.conv3(self.conv2(self.conv1(x))) + s)
+
+    class ResNet50(nn.Module):
+        """Keras Applications ResNet50 (v1), used when torchvision is not installed."""
+
+        def __init__(self, num_classes: int):
+            super().__init__()
+            layers = [nn.Conv2d(3, 64, 7, 2, 3), nn.BatchNorm2d(64, eps=1.001e-5), nn.ReLU(),
+                      nn.MaxPool2d(3, 2, 1)]
+            cin = 64
+            for mid, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+                for b in range(blocks):
+                    layers.append(_Bottleneck(cin, mid, stride if b == 0 else 1, b == 0))
+                    cin = 4 * mid
+            self.features = nn.Sequential(*layers)
+            self.fc = nn.Linear(cin, num_classes)
+
+        def forward(self, x):
+            return self.fc(self.features(x).mean((2, 3)))
+
+    class MobileNetV2(nn.Module):
+        """Keras Applications MobileNetV2 (alpha 1.0), used when torchvision is not
+        installed; its inverted residuals are ``_MBConv`` with 3x3 depthwise and ReLU6."""
+
+        def __init__(self, num_classes: int):
+            super().__init__()
+            from models.mobilenet_v2 import STAGES
+
+            layers, cin = [_ConvBN(3, 32, 3, 2, act=nn.ReLU6, eps=1e-3)], 32
+            for stage in STAGES:
+                for expand, cout, stride in stage:
+                    layers.append(_MBConv(cin, cout, 3, stride, expand))
+                    cin = cout
+            layers.append(_ConvBN(cin, 1280, 1, act=nn.ReLU6, eps=1e-3))
+            self.features = nn.Sequential(*layers)
+            self.fc = nn.Linear(1280, num_classes)
+
+        def forward(self, x):
+            return self.fc(self.features(x).mean((2, 3)))
+
+    WRITTEN_HERE = {"resnet50": ResNet50, "mobilenet_v2": MobileNetV2}
+
+
 def build(name: str, num_classes: int) -> tuple[object | None, str]:
     """``(module, where it came from)``; module None (and the reason) when unavailable."""
     import importlib
@@ -149,6 +207,9 @@ def build(name: str, num_classes: int) -> tuple[object | None, str]:
         if name in VARIANTS:
             width, depth, _, dropout = VARIANTS[name]
             return EfficientNetLite(width, depth, num_classes, dropout), "written in bench.peers"
+    if name in WRITTEN_HERE:  # torchvision missing: the Keras-equivalent written above
+        return WRITTEN_HERE[name](num_classes), \
+            f"written in bench.peers ({LIBRARY_MODELS[name][0]} not installed)"
     if name in LIBRARY_MODELS:
         return None, f"{LIBRARY_MODELS[name][0]} not installed (needed for {name})"
     return None, f"no PyTorch equivalent of {name}"
