@@ -91,13 +91,9 @@ def load_run(run_dir: str | Path, *, cache_dir=None, dataset=None,
     if fp and dataset.fingerprint != fp:
         raise ValueError(f"{run_dir}: the data set {cfg.dataset!r} has changed since the run "
                          f"(fingerprint {dataset.fingerprint} != {fp})")
-    overrides = dict(cfg.model_args)
-    if tuple(dataset.image_size) != tuple(info.input_size[:2]):
-        from .speed import size_overrides
+    from .train import build_model
 
-        overrides = {**size_overrides(cfg.model, dataset.image_size[0]), **overrides}
-    model = models.create_model(cfg.model, num_classes=len(dataset.classes), seed=cfg.seed,
-                                **overrides)
+    model = build_model(cfg, dataset)  # weights come from the run's weights.npz below
     mesh = engine.Mesh.create(devices or 1)
     steps = engine.build_steps(model, optax.identity(), num_classes=len(dataset.classes),
                                preprocessing=info.preprocessing, augment=AugmentConfig("none"),

@@ -119,11 +119,12 @@ def configs_003(root: Path, seed: int = 0) -> list[RunConfig]:
 
 def finetune(stage1: RunConfig, rec: dict, out: Path, epochs: int, freeze: str | None,
              tag: str) -> RunConfig:
-    """Stage 2 (reports 003/004): start from stage 1's weights, lr / 10, fewer blocks frozen."""
-    return dataclasses.replace(
-        stage1, epochs=epochs, lr=stage1.lr / 10, weights=None, freeze=freeze,
-        warmup_epochs=0.0, tag=tag,
-        init_from=str(out / "runs" / rec["run_id"] / "weights.npz"))
+    """Stage 2 (reports 003/004): ``bench train --finetune-epochs``'s config (stage 1's
+    weights, lr / 10, fewer blocks frozen) under its own row label."""
+    from .cli import finetune_config
+
+    return dataclasses.replace(finetune_config(stage1, rec, str(out), epochs, None, freeze),
+                               tag=tag)
 
 
 def _say(quiet: bool, msg: str) -> None:

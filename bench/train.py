@@ -196,13 +196,7 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
     steps_per_epoch = n_train // batch
 
     info = models.get_model_info(cfg.model)
-    overrides = dict(cfg.model_args)
-    if tuple(dataset.image_size) != tuple(info.input_size[:2]):
-        from .speed import size_overrides  # flatten heads are sized at build time
-
-        overrides = {**size_overrides(cfg.model, dataset.image_size[0]), **overrides}
-    model = models.create_model(cfg.model, num_classes=num_classes, seed=cfg.seed,
-                                weights=cfg.weights, download=download, **overrides)
+    model = build_model(cfg, dataset, weights=cfg.weights, download=download)
     counts = models.param_count(model)
     ocfg = engine.OptimConfig(
         optimizer=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
@@ -371,6 +365,21 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
         write_confusion(run_dir, record)
         write_history(run_dir, record)
     return record
+
+
+def build_model(cfg: RunConfig, dataset, *, weights=None, download: bool = False):
+    """The run's model for ``dataset``: its classes, its image size (flatten heads are sized
+    at build time) and the config's architecture overrides."""
+    import models
+
+    info = models.get_model_info(cfg.model)
+    overrides = dict(cfg.model_args)
+    if tuple(dataset.image_size) != tuple(info.input_size[:2]):
+        from .speed import size_overrides
+
+        overrides = {**size_overrides(cfg.model, dataset.image_size[0]), **overrides}
+    return models.create_model(cfg.model, num_classes=len(dataset.classes), seed=cfg.seed,
+                               weights=weights, download=download, **overrides)
 
 
 def _epoch_line(row: dict) -> str:

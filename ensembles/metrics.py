@@ -93,12 +93,7 @@ def log_loss(y, proba, eps: float = KAGGLE_EPS, labels: Sequence | None = None) 
     floor of -log(0.995) = 0.005 on every right answer: ``log_loss(y, p, eps=0.005)`` scores
     such a submission.
     """
-    p = _as_proba(proba)
-    _check_lengths(y, p)
-    y_idx = _class_index(y, p.shape[1], labels)
-    p = p / p.sum(axis=1, keepdims=True)
-    p_true = np.clip(p[np.arange(len(y_idx)), y_idx], eps, 1.0 - eps)
-    return float(-np.mean(np.log(p_true)))
+    return float(np.mean(_per_sample_log_loss(y, proba, eps, labels)))
 
 
 def _per_sample_log_loss(y, proba, eps: float, labels) -> np.ndarray:
