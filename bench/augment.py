@@ -12,26 +12,11 @@ Two policies, both on uint8-valued float images (NHWC, values 0..255), before pr
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 
-POLICIES = ("none", "flip", "crop_flip", "affine")
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    policy: str = "none"
-    pad: int = 4  # pixels, crop_flip
-    flip: bool = True
-    rotation: float = 15.0  # degrees, affine
-    shift: float = 0.1  # fraction of height/width, affine
-    zoom: float = 0.1  # fractional zoom range, affine
-
-    def __post_init__(self):
-        if self.policy not in POLICIES:
-            raise ValueError(f"augmentation {self.policy!r} is not one of {POLICIES}")
+from .config import AUGMENTS as POLICIES  # noqa: F401
+from .config import AugmentConfig
 
 
 def _flip(key, x):

@@ -24,73 +24,23 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from .train import RunConfig
+    """``bench train``'s flags: one per ``bench.config`` option, plus what is not part of a
+    run's identity (where to look for weights, downloading, rerunning, stage 2)."""
+    from .config import add_arguments
 
-    d = RunConfig(model="")
-    p.add_argument("--model", required=True, help="a name from `bench models`")
-    p.add_argument("--dataset", default=d.dataset,
-                   help="'digits' (bundled), a folder or .zip of images, or tfds:NAME")
-    p.add_argument("--image-size", type=int, help="square input size (default: the model's)")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
-    p.add_argument("--optimizer", default=d.optimizer,
-                   choices=("sgd", "nesterov", "adam", "adamw", "radam", "rmsprop", "adadelta"))
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    p.add_argument("--momentum", type=float, default=d.momentum)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
-                   help="L2 weight decay on kernels")
-    p.add_argument("--schedule", default=d.schedule,
-                   choices=("constant", "step", "cosine", "onecycle"))
-    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
-    p.add_argument("--step-epochs", type=lambda s: tuple(float(x) for x in s.split(",")),
-                   default=(), help="'step' schedule: comma-separated epochs, lr /10 at each")
-    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
-    p.add_argument("--augment", default=d.augment,
-                   choices=("none", "flip", "crop_flip", "affine"))
-    p.add_argument("--patience", type=int, default=d.patience,
-                   help="early stopping on validation loss (0: off)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--weights", help="a weights file (.h5 Keras 2, .pth) or 'imagenet'")
-    p.add_argument("--pretrained", action="store_true", help="same as --weights imagenet")
-    p.add_argument("--weights-dir", help="where to look for pretrained files "
+    add_arguments(p, required=("model",), skip=("devices",))
+    g = p.add_argument_group("weights and reruns")
+    g.add_argument("--pretrained", action="store_true", help="same as --weights imagenet")
+    g.add_argument("--weights-dir", help="where to look for pretrained files "
                    "(also $BENCH_WEIGHTS_DIR)")
-    p.add_argument("--download", action="store_true",
+    g.add_argument("--download", action="store_true",
                    help="allow downloading official pretrained files (checksum verified)")
-    p.add_argument("--freeze", help="freeze blocks up to this one ('backbone': all but the head)")
-    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="architecture override, e.g. --model-arg dropout=0.3 (repeatable)")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
-    p.add_argument("--test-fraction", type=float, default=d.test_fraction)
-    p.add_argument("--max-per-class", type=int, help="use at most N images per class")
-    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
-    p.add_argument("--tag", help="row label in the results table")
-    p.add_argument("--force", action="store_true", help="rerun even if a complete record exists")
-    p.add_argument("--init-from", help="start from the weights.npz of an earlier run")
+    g.add_argument("--force", action="store_true", help="rerun even if a complete record exists")
     g = p.add_argument_group("two-stage fine-tuning (reports 003/004): after this run, train "
                              "again from its weights with a lower learning rate")
     g.add_argument("--finetune-epochs", type=int, default=0, help="epochs of stage 2 (0: none)")
     g.add_argument("--finetune-lr", type=float, help="stage-2 learning rate (default: lr/10)")
     g.add_argument("--finetune-freeze", help="blocks still frozen in stage 2 (default: none)")
-
-
-def _parse_value(v: str):
-    import ast
-
-    try:
-        return ast.literal_eval(v)
-    except (ValueError, SyntaxError):
-        return v
-
-
-def _model_args(items: list[str]) -> tuple:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"--model-arg {item!r}: expected KEY=VALUE")
-        k, v = item.split("=", 1)
-        out[k.strip()] = _parse_value(v.strip())
-    return tuple(sorted(out.items()))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,14 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", default="quick",
                    help="'quick' (default: two models on --dataset) or 'seeds' (the five "
                         "reports replayed on --data-root; writes results/seeds/)")
-    p.add_argument("--dataset", default="digits",
-                   help="'digits' (bundled default), a folder or .zip, or tfds:NAME")
-    p.add_argument("--data-root", help="folder with the data sets a suite needs "
-                   "(seeds: food101-3class/, dogs-vs-cats/, cifar10-jpeg/ as ../shared/assets)")
-    p.add_argument("--sections", help="seeds suite: comma-separated report numbers "
+    p.add_argument("--dataset", help="quick: 'digits' (bundled default), a folder or .zip, "
+                   "or tfds:NAME")
+    p.add_argument("--data-root", help="seeds: folder with the data sets it needs "
+                   "(food101-3class/, dogs-vs-cats/, cifar10-jpeg/ as ../shared/assets)")
+    p.add_argument("--sections", help="seeds: comma-separated report numbers "
                    "(default: 000,001,002,003,004)")
-    p.add_argument("--epochs", type=int, help="override the suite's epochs")
-    p.add_argument("--max-per-class", type=int)
+    p.add_argument("--epochs", type=int, help="override every run's epochs")
+    p.add_argument("--max-per-class", type=int, help="use at most N images per class")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true")
     _add_common(p)
@@ -207,20 +157,14 @@ def _init_distributed(args) -> None:
 
 
 def cmd_train(args) -> int:
-    from .train import RunConfig, train
+    from .config import from_args
+    from .train import finetune_config, train
 
-    weights = "imagenet" if args.pretrained else args.weights
-    cfg = RunConfig(
-        model=args.model, dataset=args.dataset, image_size=args.image_size,
-        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-        momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
-        warmup_epochs=args.warmup_epochs, step_epochs=args.step_epochs,
-        label_smoothing=args.label_smoothing, grad_clip=args.grad_clip, augment=args.augment,
-        patience=args.patience, seed=args.seed, devices=args.devices, weights=weights,
-        freeze=args.freeze, model_args=_model_args(args.model_arg),
-        val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-        max_per_class=args.max_per_class, eval_batch_size=args.eval_batch_size, tag=args.tag,
-        init_from=args.init_from)
+    cfg = from_args(args)
+    if args.pretrained:
+        cfg = cfg.replace(weights="imagenet")
+    if args.devices:
+        cfg = cfg.replace(devices=args.devices)
     _init_distributed(args)
     if args.weights_dir:
         os.environ["BENCH_WEIGHTS_DIR"] = args.weights_dir
@@ -232,70 +176,41 @@ def cmd_train(args) -> int:
                              args.out, quiet=args.quiet, force=args.force,
                              cache_dir=args.cache_dir))
     _finish(args.out, records, args.quiet)
+    for rec in records:
+        print(f"run folder: {Path(args.out) / 'runs' / rec['run_id']}")
     return 0
-
-
-def finetune_config(cfg, stage1: dict, out: str, epochs: int, lr: float | None,
-                    freeze: str | None):
-    """Stage 2 of the two-stage recipe: start from stage 1's weights, lower learning rate."""
-    import dataclasses
-
-    weights = Path(out) / "runs" / stage1["run_id"] / "weights.npz"
-    return dataclasses.replace(
-        cfg, epochs=epochs, lr=lr if lr is not None else cfg.lr / 10, freeze=freeze,
-        weights=None, init_from=str(weights), warmup_epochs=0.0,
-        tag=f"{cfg.tag or cfg.model}+finetune")
 
 
 def cmd_run(args) -> int:
     from .suites import get_suite
-    from .train import train
 
-    if args.suite == "seeds":
-        return cmd_seeds(args)
-
-    configs = get_suite(args.suite)(args.dataset, epochs=args.epochs, seed=args.seed,
-                                    max_per_class=args.max_per_class)
+    suite = get_suite(args.suite)
+    given = {k: getattr(args, k) for k in ("dataset", "data_root", "sections", "epochs",
+                                          "max_per_class")
+             if getattr(args, k) is not None}
+    refused = sorted(set(given) - set(suite.accepts))
+    if refused:
+        flags = ", ".join("--" + k.replace("_", "-") for k in refused)
+        raise ValueError(f"{flags}: the {suite.name} suite does not take "
+                         f"{'it' if len(refused) == 1 else 'them'}; it takes "
+                         + ", ".join("--" + k.replace("_", "-") for k in suite.accepts))
     _init_distributed(args)
-    records = []
-    for cfg in configs:
-        if args.devices:
-            import dataclasses
-
-            cfg = dataclasses.replace(cfg, devices=args.devices)
-        if not args.quiet:
-            print(f"== {cfg.tag or cfg.model} on {cfg.dataset}", file=sys.stderr)
-        records.append(train(cfg, args.out, quiet=args.quiet, force=args.force,
-                             cache_dir=args.cache_dir))
-    _finish(args.out, records, args.quiet)
-    return 0
-
-
-def cmd_seeds(args) -> int:
-    from .seeds import DEFAULT_OUT as SEEDS_OUT
-    from .seeds import SECTIONS, run_seeds
-
-    if not args.data_root:
-        raise ValueError("--suite seeds needs --data-root (a folder laid out as "
-                         "../shared/assets)")
-    out = SEEDS_OUT if args.out == DEFAULT_OUT else args.out
-    sections = (tuple(s.strip() for s in args.sections.split(",") if s.strip())
-                if args.sections else SECTIONS)
-    _init_distributed(args)
-    path = run_seeds(args.data_root, out, sections=sections, quiet=args.quiet,
-                     force=args.force, cache_dir=args.cache_dir, seed=args.seed,
-                     devices=args.devices)
-    print(path.read_text())
-    print(f"wrote {path}")
+    out = suite.default_out if args.out == DEFAULT_OUT and suite.default_out else args.out
+    result = suite.run(out=out, quiet=args.quiet, force=args.force, cache_dir=args.cache_dir,
+                       seed=args.seed, devices=args.devices, **given)
+    if isinstance(result, Path):  # a suite that writes its own summary
+        print(result.read_text())
+        print(f"wrote {result}")
+    else:
+        _finish(out, result, args.quiet)
     return 0
 
 
 def _finish(out: str, records: list[dict], quiet: bool) -> None:
-    from .report import write_summary
+    from .report.tables import summary_markdown, write_summary
 
     rows = write_summary(out)
     ids = {r["run_id"] for r in records}
-    from .report import summary_markdown
 
     print(summary_markdown([r for r in rows if r["run_id"] in ids]))
     print(f"wrote {Path(out) / 'summary.csv'} and {Path(out) / 'summary.md'}"
@@ -340,7 +255,7 @@ def cmd_features(args) -> int:
 
 def cmd_ensemble(args) -> int:
     from .ensemble import ensemble_markdown, feature_files, run_ensemble
-    from .report import write_summary
+    from .report.tables import write_summary
 
     files = feature_files(args.features)
     if not args.quiet:
@@ -374,7 +289,7 @@ def cmd_speed(args, argv: list[str]) -> int:
 
     import models
 
-    from .speed import speed, speed_markdown, write_speed
+    from .speed.harness import speed, speed_markdown, write_speed
 
     names: list[str] = []
     for item in (s.strip() for s in args.models.split(",") if s.strip()):
@@ -395,7 +310,7 @@ def cmd_speed(args, argv: list[str]) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare_files, compare_table, regressions, write_compare
+    from .report.compare import compare_files, compare_table, regressions, write_compare
 
     rows = compare_files(args.a, args.b, args.threshold)
     print(compare_table(rows))
@@ -409,8 +324,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .html import write_html, write_plots
-    from .report import write_summary
+    from .report.html import write_html, write_plots
+    from .report.tables import write_summary
 
     # A seeds-suite folder keeps its report-beside-ours summary.md; the plain table is runs.md.
     seeds = Path(args.dir, "seeds.json").exists()
@@ -420,7 +335,7 @@ def cmd_report(args) -> int:
     plots = write_plots(args.dir)
     written = [Path(args.dir) / "summary.csv", Path(args.dir) / md, html]
     if seeds:
-        from .seeds import rewrite_summary
+        from .suites.seeds import rewrite_summary
 
         written.append(rewrite_summary(args.dir))
     print(Path(args.dir, md).read_text())

@@ -17,35 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 import models
 
+from runtime.devices import Mesh, replicate, to_global  # noqa: F401  (re-exported)
+
 from . import augment as aug
+from . import normalize as bench_normalize
 
-OPTIMIZERS = ("sgd", "nesterov", "adam", "radam", "rmsprop", "adadelta", "adamw")
-SCHEDULES = ("constant", "step", "cosine", "onecycle")
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimConfig:
-    optimizer: str = "sgd"
-    lr: float = 0.1  # peak learning rate (per the global batch)
-    momentum: float = 0.9  # sgd/nesterov/rmsprop
-    weight_decay: float = 0.0  # L2 on conv/dense kernels (added to the gradient)
-    schedule: str = "constant"
-    warmup_epochs: float = 0.0
-    step_epochs: tuple[float, ...] = ()  # 'step': epochs at which lr is divided by step_factor
-    step_factor: float = 10.0
-    label_smoothing: float = 0.0
-    grad_clip: float = 0.0  # global-norm clip, 0 = off
-
-    def __post_init__(self):
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer {self.optimizer!r} is not one of {OPTIMIZERS}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule {self.schedule!r} is not one of {SCHEDULES}")
+from .config import OPTIMIZERS, PRECISIONS, SCHEDULES, AugmentConfig, OptimConfig  # noqa: F401
 
 
 def make_schedule(cfg: OptimConfig, steps_per_epoch: int, epochs: int) -> optax.Schedule:
@@ -147,46 +127,6 @@ def set_frozen_bn_inference(model, freeze: str | None):
                 m.use_running_average = True
 
 
-@dataclasses.dataclass
-class Mesh:
-    """A one-axis data-parallel mesh over ``n`` local devices."""
-
-    n: int
-    mesh: Any
-    data: NamedSharding
-    replicated: NamedSharding
-
-    @classmethod
-    def create(cls, n: int | None = None) -> "Mesh":
-        devices = jax.devices()
-        if n is None:
-            n = len(devices)
-        if not 1 <= n <= len(devices):
-            raise ValueError(f"--devices {n}: this host has {len(devices)} device(s)")
-        # Auto axis type: XLA's sharding propagation places the gathers and the gradient
-        # all-reduce (the behaviour pmap users expect), rather than explicit-sharding rules.
-        mesh = jax.make_mesh((n,), ("data",), devices=devices[:n],
-                             axis_types=(jax.sharding.AxisType.Auto,))
-        return cls(n, mesh, NamedSharding(mesh, P("data")), NamedSharding(mesh, P()))
-
-
-def to_global(a: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """Place a host array that every process holds in full as a global array (works
-    single- and multi-process, where ``jax.device_put`` cannot reach other hosts' devices)."""
-    return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
-
-
-def replicate(tree, mesh: "Mesh"):
-    """Replicate a pytree of arrays (PRNG keys included) over the mesh, multi-process safe."""
-    def put(leaf):
-        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            data = to_global(np.asarray(jax.random.key_data(leaf)), mesh.replicated)
-            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
-        return to_global(np.asarray(leaf), mesh.replicated)
-
-    return jax.tree.map(put, tree)
-
-
 def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
     onehot = jax.nn.one_hot(labels, num_classes)
     if label_smoothing:
@@ -204,16 +144,47 @@ class Steps:
     graphdef_eval: Any
 
 
+def compute_dtype(precision: str):
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    return jnp.bfloat16 if precision == "bf16" else jnp.float32
+
+
+def cast_floats(tree, dtype):
+    return jax.tree.map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def set_compute_dtype(model, dtype) -> None:
+    """Make every Flax layer of ``model`` compute in ``dtype`` (its ``dtype`` attribute; the
+    parameters keep their ``param_dtype``). BatchNorm then normalises in ``dtype`` but keeps
+    its statistics and their moving averages in float32."""
+    for _, m in nnx.iter_modules(model):
+        if hasattr(m, "dtype") and hasattr(m, "param_dtype"):
+            m.dtype = dtype
+
+
 def build_steps(model, tx, *, num_classes: int, preprocessing: str,
-                augment: aug.AugmentConfig, label_smoothing: float, mesh: Mesh,
+                augment: AugmentConfig, label_smoothing: float, mesh: Mesh,
                 freeze: str | None = None, on_device_data: bool = True,
-                trainable_mask=None) -> Steps:
-    """Jit the train and eval steps for ``model`` over ``mesh``.
+                trainable_mask=None, precision: str = "fp32",
+                normalize: str = "none") -> Steps:
+    """Jit the train and eval steps for ``model`` over ``mesh``: the one step function that
+    ``bench train`` runs, ``bench speed`` times and evaluation and prediction reuse.
+
+    ``precision="bf16"`` is mixed precision: the float32 master parameters are cast to
+    bfloat16 inside the step and every layer computes in bfloat16, while the gradients, the
+    optimizer state, the loss (from float32 logits) and the BatchNorm statistics stay float32.
+    ``normalize`` other than ``"none"``: ``state["norm"]`` (``bench.normalize``) replaces the
+    model's preprocessing.
 
     Train step: ``(state, x_all, idx, key) -> (state, metrics)`` when ``on_device_data``
     (``x_all``/``y_all`` live on the devices, ``idx`` is the sharded batch of row indices), else
     ``(state, images, labels, key)``. The state is ``{'params', 'rest', 'opt_state', 'step'}``.
     """
+    compute = compute_dtype(precision)
+    if precision != "fp32":
+        set_compute_dtype(model, compute)
     model.train()
     set_frozen_bn_inference(model, freeze)
     graphdef_train = nnx.graphdef(model)
@@ -221,13 +192,19 @@ def build_steps(model, tx, *, num_classes: int, preprocessing: str,
     graphdef_eval = nnx.graphdef(model)
     model.train()
 
-    def forward_train(params, rest, images_u8, key):
+    def prepare(x, norm):
+        if normalize != "none":
+            return bench_normalize.apply(norm, x).astype(compute)
+        return models.preprocess_mode(x, preprocessing).astype(compute)
+
+    def forward_train(params, rest, images_u8, key, norm):
         x = aug.apply(augment, key, images_u8.astype(jnp.float32))
-        x = models.preprocess_mode(x, preprocessing)
-        m = nnx.merge(graphdef_train, params, rest)
-        logits = m(x)
+        m = nnx.merge(graphdef_train, cast_floats(params, compute), rest)
+        logits = m(prepare(x, norm))
         _, _, new_rest = nnx.split(m, nnx.Param, ...)
-        return logits, nnx.as_pure(new_rest)
+        new_rest = jax.tree.map(lambda new, old: new.astype(old.dtype), nnx.as_pure(new_rest),
+                                rest)
+        return logits, new_rest
 
     def train_core(state, images, labels, key):
         def loss_fn(params, rest):
@@ -235,7 +212,7 @@ def build_steps(model, tx, *, num_classes: int, preprocessing: str,
                 # Frozen blocks: no gradient flows, so XLA drops their backward pass.
                 params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p),
                                       params, trainable_mask)
-            logits, new_rest = forward_train(params, rest, images, key)
+            logits, new_rest = forward_train(params, rest, images, key, state.get("norm"))
             loss = cross_entropy(logits, labels, num_classes, label_smoothing).mean()
             return loss, (logits, new_rest)
 
@@ -244,7 +221,7 @@ def build_steps(model, tx, *, num_classes: int, preprocessing: str,
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         acc = jnp.mean(jnp.argmax(logits, -1) == labels)
-        new_state = dict(params=params, rest=new_rest, opt_state=opt_state,
+        new_state = dict(state, params=params, rest=new_rest, opt_state=opt_state,
                          step=state["step"] + 1)
         return new_state, {"loss": loss, "accuracy": acc}
 
@@ -262,8 +239,8 @@ def build_steps(model, tx, *, num_classes: int, preprocessing: str,
                         out_shardings=(rep, rep), donate_argnums=0)
 
     def eval_step(state, images):
-        x = models.preprocess_mode(images.astype(jnp.float32), preprocessing)
-        m = nnx.merge(graphdef_eval, state["params"], state["rest"])
+        x = prepare(images.astype(jnp.float32), state.get("norm"))
+        m = nnx.merge(graphdef_eval, cast_floats(state["params"], compute), state["rest"])
         return jax.nn.log_softmax(m(x).astype(jnp.float32), axis=-1)
 
     # Replicated output: every process can read the predictions in multi-host runs.
@@ -271,13 +248,17 @@ def build_steps(model, tx, *, num_classes: int, preprocessing: str,
     return Steps(train, evaluate, graphdef_train, graphdef_eval)
 
 
-def init_state(model, tx) -> dict:
+def init_state(model, tx, norm: dict | None = None) -> dict:
     """The train state as a pytree of plain arrays (``nnx.as_pure``: no Variable objects, so
-    it crosses jit/grad boundaries and checkpoints as leaves)."""
+    it crosses jit/grad boundaries and checkpoints as leaves). ``norm``: fitted input
+    normalisation (``bench.normalize``), carried as constants."""
     _, params, rest = nnx.split(model, nnx.Param, ...)
     params, rest = nnx.as_pure(params), nnx.as_pure(rest)
-    return dict(params=params, rest=rest, opt_state=tx.init(params),
-                step=jnp.zeros((), jnp.int32))
+    state = dict(params=params, rest=rest, opt_state=tx.init(params),
+                 step=jnp.zeros((), jnp.int32))
+    if norm is not None:
+        state["norm"] = {k: jnp.asarray(v) for k, v in norm.items()}
+    return state
 
 
 def state_to_model(graphdef, state):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io as bio
+from runtime import io as bio
 
 
 def feature_files(spec: str | list[str]) -> list[Path]:

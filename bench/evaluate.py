@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from . import io as bio
+from runtime import io as bio
 
 # Report 002's sensitivity test (Keras ImageDataGenerator ranges applied to the test images):
 # rotation range (degrees), height shift, width shift, horizontal flip, vertical flip.
@@ -37,21 +37,18 @@ class LoadedRun:
 
 
 def read_config(run_dir: str | Path):
-    """The ``RunConfig`` a run was made with (from its ``config.json``)."""
-    from .train import RunConfig
+    """The ``RunConfig`` a run was made with (its ``config.json``, any version: old flat
+    files go through ``bench.config.migrate``)."""
+    from .config import from_dict
 
     path = Path(run_dir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: not found; expected a run directory "
                                 f"(OUT/runs/<run_id>) written by `bench train` or `bench run`")
-    d = bio.read_json(path)
-    names = {f.name for f in dataclasses.fields(RunConfig)}
-    unknown = set(d) - names
-    if unknown:
-        raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
-    d["step_epochs"] = tuple(d.get("step_epochs") or ())
-    d["model_args"] = tuple(tuple(kv) for kv in d.get("model_args") or ())
-    return RunConfig(**d)
+    try:
+        return from_dict(bio.read_json(path))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def read_record(run_dir: str | Path) -> dict:
@@ -74,22 +71,24 @@ def load_run(run_dir: str | Path, *, cache_dir=None, dataset=None,
     import models
 
     from . import engine
-    from .augment import AugmentConfig
+    from . import normalize
+    from .config import AugmentConfig
 
     run_dir = Path(run_dir)
     record = read_record(run_dir)
     cfg = read_config(run_dir)
-    info = models.get_model_info(cfg.model)
+    info = models.get_model_info(cfg.model.name)
     if dataset is None:
         from .data import load_dataset
 
-        size = cfg.image_size or info.input_size[0]
-        dataset = load_dataset(cfg.dataset, size, cache_dir=cache_dir, seed=cfg.seed,
-                               val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                               progress=False, max_per_class=cfg.max_per_class)
+        size = (record.get("image_size") or [cfg.data.image_size or info.input_size[0]])[0]
+        dataset = load_dataset(cfg.data.dataset, size, cache_dir=cache_dir, seed=cfg.seed,
+                               val_fraction=cfg.data.val_fraction,
+                               test_fraction=cfg.data.test_fraction, progress=False,
+                               max_per_class=cfg.data.max_per_class, exclude=cfg.data.exclude)
     fp = record.get("dataset", {}).get("fingerprint")
     if fp and dataset.fingerprint != fp:
-        raise ValueError(f"{run_dir}: the data set {cfg.dataset!r} has changed since the run "
+        raise ValueError(f"{run_dir}: the data set {cfg.data.dataset!r} has changed since the run "
                          f"(fingerprint {dataset.fingerprint} != {fp})")
     from .train import build_model
 
@@ -97,7 +96,8 @@ def load_run(run_dir: str | Path, *, cache_dir=None, dataset=None,
     mesh = engine.Mesh.create(devices or 1)
     steps = engine.build_steps(model, optax.identity(), num_classes=len(dataset.classes),
                                preprocessing=info.preprocessing, augment=AugmentConfig("none"),
-                               label_smoothing=0.0, mesh=mesh)
+                               label_smoothing=0.0, mesh=mesh, precision=cfg.precision,
+                               normalize=cfg.data.normalize)
     _, params, rest = nnx.split(model, nnx.Param, ...)
     template = {"params": nnx.as_pure(params), "rest": nnx.as_pure(rest)}
     wpath = run_dir / "weights.npz"
@@ -107,7 +107,13 @@ def load_run(run_dir: str | Path, *, cache_dir=None, dataset=None,
     try:
         state = engine.arrays_to_tree(template, arrays)
     except ValueError as e:
-        raise ValueError(f"{wpath}: does not fit {cfg.model} ({e})") from None
+        raise ValueError(f"{wpath}: does not fit {cfg.model.name} ({e})") from None
+    norm = normalize.load(run_dir / "normalize.npz")
+    if cfg.data.normalize != "none":
+        if norm is None:
+            raise FileNotFoundError(f"{run_dir / 'normalize.npz'}: not found; the run was "
+                                    f"trained with --normalize {cfg.data.normalize}")
+        state["norm"] = norm
     return LoadedRun(run_dir, record, cfg, dataset, steps, engine.replicate(state, mesh), mesh)
 
 

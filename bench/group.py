@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io as bio
+from runtime import io as bio
 
 
 def _confusion(labels: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
@@ -43,7 +43,7 @@ def group_run(run_dir: str | Path, n_groups: int | None = None, *,
                                     regroup)
 
     from .evaluate import read_record, split_log_proba
-    from .report import write_confusion_files
+    from .report.tables import write_confusion_files
 
     run_dir = Path(run_dir)
     rec = read_record(run_dir)

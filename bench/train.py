@@ -7,168 +7,51 @@ checkpoint, a finished run is not repeated (``force=True`` repeats it).
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
-import platform
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import io as bio
+from runtime import io as bio
+from runtime.progress import Progress, say
+from runtime.versions import versions
 
-RECORD_VERSION = 1
+from .config import RunConfig, from_dict, make, to_dict  # noqa: F401  (re-exported)
+
+RECORD_VERSION = 2  # 2: config.json nested (bench.config), 'precision' and 'normalize' keys
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """Everything that defines a run (and so its id). Units: lr per global batch."""
-
-    model: str
-    dataset: str = "digits"
-    image_size: int | None = None  # None: the model's default input size
-    epochs: int = 10
-    # Defaults: SGD + momentum with He et al.'s CIFAR rate (0.1 per 128 images) scaled to
-    # Keras' default batch of 32, cosine decay, flips. Measured on CIFAR-10 (JPEG copy),
-    # ResNet-20, 3 epochs: batch 128 + crop/flip 69.04%, batch 64 + flip 74.42%, these 75.48%
-    # (short schedules favour more steps and milder augmentation; results/examples/).
-    batch_size: int = 32  # global batch, split over devices
-    optimizer: str = "sgd"
-    lr: float = 0.025  # peak, per global batch
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.2
-    step_epochs: tuple[float, ...] = ()
-    label_smoothing: float = 0.0
-    grad_clip: float = 0.0
-    augment: str = "flip"  # none | flip | crop_flip | affine
-    patience: int = 0  # early stopping on val loss; 0 = off
-    seed: int = 0
-    devices: int | None = None  # None: all local devices
-    weights: str | None = None  # None, a file, or 'imagenet'
-    freeze: str | None = None  # block name or 'backbone'
-    model_args: tuple[tuple[str, Any], ...] = ()  # architecture overrides (sorted items)
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    max_per_class: int | None = None
-    eval_batch_size: int = 256
-    tag: str | None = None  # a label for the results table (e.g. 'resnet20+aug')
-    init_from: str | None = None  # weights.npz of an earlier run of the same model (stage 2)
-
-    def run_id(self, dataset_name: str, n_devices: int) -> str:
-        """``<tag>-<dataset>-<n>dev-<hash of the config>``: the same command (and device
-        count) finds its run again; another device count is another run, for comparison."""
-        d = dataclasses.asdict(self)
-        d.pop("devices")
-        digest = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
-        label = _slug(self.tag or self.model)
-        return f"{label}-{_slug(dataset_name)}-{n_devices}dev-{digest[:8]}"
-
-
-def _slug(s: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)[:40]
-
-
-def _versions() -> dict:
-    import flax
-    import jax
-    import jaxlib
-    import optax
-
-    return {"python": platform.python_version(), "jax": jax.__version__,
-            "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__,
-            "numpy": np.__version__}
-
-
-def device_description(n: int | None = None) -> dict:
-    import jax
-
-    devs = jax.devices()
-    n = len(devs) if n is None else n
-    d = devs[0]
-    return {"platform": d.platform, "kind": getattr(d, "device_kind", d.platform),
-            "count": n, "processes": jax.process_count(),
-            "host": platform.processor() or platform.machine()}
-
-
-class _Progress:
-    """A thin wrapper over rich.progress that does nothing in quiet mode."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self._p = None
-
-    def __enter__(self):
-        if not self.quiet:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
-
-            self._p = Progress(TextColumn("{task.description}"), BarColumn(),
-                               MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                               TextColumn("{task.fields[info]}"), transient=True)
-            self._p.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self._p is not None:
-            self._p.__exit__(*exc)
-
-    def task(self, description: str, total: int):
-        if self._p is None:
-            return lambda n=1, info="": None
-        tid = self._p.add_task(description, total=total, info="")
-
-        def advance(n=1, info=""):
-            self._p.update(tid, advance=n, info=info)
-            if self._p.tasks[self._p.task_ids.index(tid)].finished:
-                self._p.remove_task(tid)
-
-        return advance
-
-    def log(self, msg: str):
-        if self._p is not None:
-            self._p.console.print(msg)
-        elif not self.quiet:
-            print(msg)
-
-
-def _say(quiet: bool, msg: str):
-    if not quiet:
-        print(msg, file=sys.stderr)
-
-
 def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = False,
           force: bool = False, dataset=None, cache_dir=None, download: bool = False) -> dict:
     """Run ``cfg`` and return its record (also written to ``run_dir/record.json``)."""
     import jax
-    import jax.numpy as jnp
 
     import models
+    from runtime import devices
 
     from . import engine
     from . import metrics as bm
-    from .augment import AugmentConfig
+    from . import normalize
 
+    info = models.get_model_info(cfg.model.name)
+    check_model_args(cfg)
     if dataset is None:
         from .data import load_dataset
 
-        info = models.get_model_info(cfg.model)
-        size = cfg.image_size or info.input_size[0]
-        dataset = load_dataset(cfg.dataset, size, cache_dir=cache_dir, seed=cfg.seed,
-                               val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                               progress=not quiet, max_per_class=cfg.max_per_class,
-                               download=download)
+        size = choose_image_size(cfg, info, quiet=quiet)
+        dataset = load_dataset(cfg.data.dataset, size, cache_dir=cache_dir, seed=cfg.seed,
+                               val_fraction=cfg.data.val_fraction,
+                               test_fraction=cfg.data.test_fraction, progress=not quiet,
+                               max_per_class=cfg.data.max_per_class, download=download,
+                               exclude=cfg.data.exclude)
     mesh = engine.Mesh.create(cfg.devices)
     run_id = cfg.run_id(dataset.name, mesh.n)
     writer = jax.process_index() == 0  # one process writes files in multi-host runs
@@ -177,53 +60,53 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
     if record_path.exists() and not force:
         rec = bio.read_json(record_path)
         if rec.get("status") == "complete":
-            _say(quiet, f"{run_id}: already complete ({record_path}); --force to run again")
+            say(quiet, f"{run_id}: already complete ({record_path}); --force to run again")
             return rec
-    if force and run_dir.exists():
-        shutil.rmtree(run_dir)
-    if writer:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        bio.write_json(run_dir / "config.json", dataclasses.asdict(cfg))
 
     train_split, val_split, test_split = (dataset.splits[k] for k in ("train", "val", "test"))
     num_classes = len(dataset.classes)
     n_train = len(train_split.labels)
-    batch = min(cfg.batch_size, n_train)
+    batch = min(cfg.optim.batch_size, n_train)
     batch -= batch % mesh.n
     if batch <= 0:
         raise ValueError(f"{dataset.source}: {n_train} training images cannot fill a batch on "
                          f"{mesh.n} devices")
     steps_per_epoch = n_train // batch
 
-    info = models.get_model_info(cfg.model)
-    model = build_model(cfg, dataset, weights=cfg.weights, download=download)
+    model = build_model(cfg, dataset, weights=cfg.model.weights, download=download)
     counts = models.param_count(model)
-    ocfg = engine.OptimConfig(
-        optimizer=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay, schedule=cfg.schedule, warmup_epochs=cfg.warmup_epochs,
-        step_epochs=tuple(cfg.step_epochs), label_smoothing=cfg.label_smoothing,
-        grad_clip=cfg.grad_clip)
-    schedule = engine.make_schedule(ocfg, steps_per_epoch, cfg.epochs)
+    schedule = engine.make_schedule(cfg.optim, steps_per_epoch, cfg.optim.epochs)
     from flax import nnx
 
     params = nnx.as_pure(nnx.state(model, nnx.Param))
-    mask = engine.freeze_mask(model, params, cfg.freeze)
-    tx = engine.make_optimizer(ocfg, schedule, mask)
+    mask = engine.freeze_mask(model, params, cfg.model.freeze)
+    tx = engine.make_optimizer(cfg.optim, schedule, mask)
+    norm = normalize.fit(cfg.data.normalize, train_split.images)
     steps = engine.build_steps(
         model, tx, num_classes=num_classes, preprocessing=info.preprocessing,
-        augment=AugmentConfig(cfg.augment), label_smoothing=cfg.label_smoothing, mesh=mesh,
-        freeze=cfg.freeze, trainable_mask=mask)
-    state = engine.init_state(model, tx)
+        augment=cfg.augment, label_smoothing=cfg.optim.label_smoothing, mesh=mesh,
+        freeze=cfg.model.freeze, trainable_mask=mask, precision=cfg.precision,
+        normalize=cfg.data.normalize)
+    state = engine.init_state(model, tx, norm=norm)
     del model, params
-    if cfg.init_from:
-        arrays, _ = bio.load_arrays(cfg.init_from)
+    if cfg.model.init_from:
+        arrays, _ = bio.load_arrays(cfg.model.init_from)
         try:
             loaded = engine.arrays_to_tree({"params": state["params"], "rest": state["rest"]},
                                            arrays)
         except ValueError as e:
-            raise ValueError(f"{cfg.init_from}: does not fit {cfg.model} with {num_classes} "
-                             f"classes ({e})") from None
+            raise ValueError(f"{cfg.model.init_from}: does not fit {cfg.model.name} with "
+                             f"{num_classes} classes ({e})") from None
         state = dict(state, **loaded)
+
+    # Only a command that got this far (data read, model built) leaves a run folder.
+    if force and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        bio.write_json(run_dir / "config.json", to_dict(cfg))
+        if norm is not None:
+            normalize.save(run_dir / "normalize.npz", norm)
 
     # Resume.
     ckpt, best_ckpt = run_dir / "last.npz", run_dir / "best.npz"
@@ -234,9 +117,9 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
             arrays, saved = bio.load_arrays(ckpt)
             state = engine.arrays_to_tree(state, arrays)
             meta.update(saved)
-            _say(quiet, f"{run_id}: resuming after epoch {meta['epoch']} from {ckpt}")
+            say(quiet, f"{run_id}: resuming after epoch {meta['epoch']} from {ckpt}")
         except ValueError as e:
-            _say(quiet, f"{run_id}: ignoring unreadable checkpoint ({e}); starting over")
+            say(quiet, f"{run_id}: ignoring unreadable checkpoint ({e}); starting over")
     state = engine.replicate(state, mesh)
 
     x_all = engine.to_global(train_split.images, mesh.replicated)
@@ -250,19 +133,20 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
 
     record: dict[str, Any] = {
         "record_version": RECORD_VERSION, "run_id": run_id, "status": "running",
-        "model": cfg.model, "tag": cfg.tag or cfg.model, "family": info.family,
-        "dataset": dataset.summary(), "config": dataclasses.asdict(cfg),
+        "model": cfg.model.name, "tag": cfg.tag or cfg.model.name, "family": info.family,
+        "dataset": dataset.summary(), "config": to_dict(cfg), "precision": cfg.precision,
+        "normalize": cfg.data.normalize,
         "num_classes": num_classes, "image_size": list(dataset.image_size),
         "params_trainable": counts["trainable"], "params_total": counts["total"],
-        "device": device_description(mesh.n), "versions": _versions(),
+        "device": devices.device_description(mesh.n), "versions": versions(),
         "seed": cfg.seed, "global_batch": batch, "steps_per_epoch": steps_per_epoch,
     }
     wall0 = time.perf_counter() - meta.get("wall_s", 0.0)
-    with _Progress(quiet) as prog:
-        for epoch in range(meta["epoch"], cfg.epochs):
+    with Progress(quiet) as prog:
+        for epoch in range(meta["epoch"], cfg.optim.epochs):
             rng = np.random.default_rng([cfg.seed, epoch])
             perm = rng.permutation(n_train)
-            advance = prog.task(f"epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch)
+            advance = prog.task(f"epoch {epoch + 1}/{cfg.optim.epochs}", steps_per_epoch)
             losses, accs = [], []
             e0 = time.perf_counter()
             for i in range(steps_per_epoch):
@@ -311,16 +195,22 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
             if writer:
                 bio.save_arrays(ckpt, engine.tree_to_arrays(state), meta)
             prog.log(_epoch_line(row))
-            if cfg.patience and meta["wait"] >= cfg.patience:
-                prog.log(f"early stop: val loss has not improved for {cfg.patience} epochs")
+            if cfg.optim.patience and meta["wait"] >= cfg.optim.patience:
+                prog.log(f"early stop: val loss has not improved for {cfg.optim.patience} epochs")
                 break
 
         # Evaluate the best-validation weights (Keras' restore_best_weights).
         if best_ckpt.exists():
-            arrays, _ = bio.load_arrays(best_ckpt)
-            best = engine.arrays_to_tree({"params": state["params"], "rest": state["rest"]},
-                                         arrays)
-            state = dict(state, **engine.replicate(best, mesh))
+            try:
+                arrays, _ = bio.load_arrays(best_ckpt)
+                best = engine.arrays_to_tree({"params": state["params"],
+                                              "rest": state["rest"]}, arrays)
+                state = dict(state, **engine.replicate(best, mesh))
+            except ValueError as e:  # unreadable: score the last weights, say so
+                prog.log(f"{run_id}: ignoring unreadable {best_ckpt} ({e}); scoring the last "
+                         f"epoch's weights")
+                record["best_checkpoint_unreadable"] = str(e)
+                meta["best_epoch"] = meta["epoch"]
         advance = prog.task("test", len(test_split.labels))
         logp = engine.predict_log_proba(steps, state, test_split.images, cfg.eval_batch_size,
                                         mesh, progress=advance)
@@ -360,7 +250,7 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
     )
     if writer:
         bio.write_json(record_path, record)
-        from .report import write_confusion, write_history
+        from .report.tables import write_confusion, write_history
 
         write_confusion(run_dir, record)
         write_history(run_dir, record)
@@ -372,14 +262,53 @@ def build_model(cfg: RunConfig, dataset, *, weights=None, download: bool = False
     at build time) and the config's architecture overrides."""
     import models
 
-    info = models.get_model_info(cfg.model)
-    overrides = dict(cfg.model_args)
+    info = models.get_model_info(cfg.model.name)
+    overrides = dict(cfg.model.model_args)
     if tuple(dataset.image_size) != tuple(info.input_size[:2]):
-        from .speed import size_overrides
-
-        overrides = {**size_overrides(cfg.model, dataset.image_size[0]), **overrides}
-    return models.create_model(cfg.model, num_classes=len(dataset.classes), seed=cfg.seed,
+        overrides = {**size_overrides(cfg.model.name, dataset.image_size[0]), **overrides}
+    return models.create_model(cfg.model.name, num_classes=len(dataset.classes), seed=cfg.seed,
                                weights=weights, download=download, **overrides)
+
+
+def check_model_args(cfg: RunConfig) -> None:
+    """``--model-arg`` keys against the builder's signature, before any work."""
+    import inspect
+
+    import models
+
+    params = inspect.signature(models.get_builder(cfg.model.name)).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    fixed = {"num_classes", "seed", "weights", "download", "pretrained", "rngs"}
+    accepted = sorted(k for k in params if k not in fixed)
+    for key, _ in cfg.model.model_args:
+        if key not in accepted:
+            raise ValueError(f"--model-arg {key}=...: {cfg.model.name} takes no {key!r}; it "
+                             f"takes {', '.join(accepted) or 'no overrides'}")
+
+
+def choose_image_size(cfg: RunConfig, info, *, quiet: bool = True) -> int:
+    """``--image-size`` when given (checked against the model's minimum). Otherwise the
+    model's input size, except for a model trained from scratch on images smaller than that:
+    then the images' own size, raised to the model's minimum (and at least 32), is used (8x8
+    digits train at 32, not at 224). The choice is printed."""
+    lo = info.min_input_size[0] if info.min_input_size else 1
+    size = cfg.data.image_size
+    if size is not None:
+        if size < lo:
+            raise ValueError(f"--image-size {size}: {cfg.model.name} needs at least {lo}")
+        return size
+    default = info.input_size[0]
+    size, why = default, "the model's input size"
+    if not cfg.model.weights and not cfg.model.init_from:
+        from .data import peek_image_size
+
+        native = peek_image_size(cfg.data.dataset)
+        if native is not None and native < default:
+            size = min(default, max(native, lo, 32))
+            why = f"the data's images are about {native} px; the model's minimum is {lo}"
+    say(quiet, f"image size {size} ({why}; --image-size to choose)")
+    return size
 
 
 def _epoch_line(row: dict) -> str:
@@ -433,3 +362,25 @@ def save_weights(path: Path, state) -> int:
     arrays = engine.tree_to_arrays({"params": state["params"], "rest": state["rest"]})
     bio.save_arrays(path, arrays, {"format": "bench weights v1: leaves of {params, rest}"})
     return path.stat().st_size
+
+
+def finetune_config(cfg, stage1: dict, out: str, epochs: int, lr: float | None,
+                    freeze: str | None):
+    """Stage 2 of the two-stage recipe: start from stage 1's weights, lower learning rate."""
+    weights = Path(out) / "runs" / stage1["run_id"] / "weights.npz"
+    return cfg.replace(
+        epochs=epochs, lr=lr if lr is not None else cfg.optim.lr / 10, freeze=freeze,
+        weights=None, init_from=str(weights), warmup_epochs=0.0,
+        tag=f"{cfg.tag or cfg.model.name}+finetune")
+
+
+def size_overrides(name: str, size: int) -> dict:
+    """``{'input_size': (size, size)}`` for models whose flatten head is sized at build time
+    (their builder takes ``input_size``), else nothing."""
+    import inspect
+
+    import models
+
+    if "input_size" in inspect.signature(models.get_builder(name)).parameters:
+        return {"input_size": (size, size)}
+    return {}

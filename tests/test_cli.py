@@ -90,8 +90,8 @@ def test_two_stage_finetune_and_report(tmp_path, capsys):
             (json.loads(p.read_text()) for p in out.glob("runs/*/record.json"))}
     assert set(recs) == {"resnet20", "resnet20+finetune"}
     stage2 = recs["resnet20+finetune"]
-    assert stage2["config"]["lr"] == pytest.approx(0.0003)
-    assert stage2["config"]["init_from"].endswith("weights.npz")
+    assert stage2["config"]["optim"]["lr"] == pytest.approx(0.0003)
+    assert stage2["config"]["model"]["init_from"].endswith("weights.npz")
     assert main(["report", str(out)]) == 0
     md = (out / "summary.md").read_text()
     assert "resnet20+finetune" in md and "| run |" in md

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 import bench.data as data
+import bench.data.decode  # noqa: F401  (monkeypatched below)
 from bench.data import Dataset, load_dataset
 
 # --------------------------------------------------------------------------------------------
@@ -314,7 +315,7 @@ def test_cache_reused_then_invalidated_by_a_changed_file(tmp_path, monkeypatch):
     def no_decoding(*a, **k):
         raise AssertionError("decoded although the cache holds this data set")
 
-    monkeypatch.setattr(data, "decode_image", no_decoding)
+    monkeypatch.setattr(data.decode, "decode_image", no_decoding)
     second = _load(root, cache_dir=cache, seed=5)  # another seed reuses the same file
     assert second.cache["hit"] is True
     again = _load(root, cache_dir=cache)
@@ -331,7 +332,7 @@ def test_cache_reused_then_invalidated_by_a_changed_file(tmp_path, monkeypatch):
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     calls = []
     real = data.decode_image
-    monkeypatch.setattr(data, "decode_image", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(data.decode, "decode_image", lambda *a: calls.append(1) or real(*a))
     third = _load(root, cache_dir=cache)
     assert third.cache["hit"] is False and len(calls) == 12
     assert third.source_fingerprint != first.source_fingerprint
@@ -393,10 +394,10 @@ def test_thread_pool_matches_in_process_decoding(tmp_path, monkeypatch):
     tree["x/broken.jpg"] = b"GIF89a garbage"
     root = _write(tree, tmp_path / "pool", "dir")
     serial = _load(root, workers=1)
-    monkeypatch.setattr(data, "_CHUNK", 5)  # 10 chunks over 2 threads
+    monkeypatch.setattr(data.decode, "_CHUNK", 5)  # 10 chunks over 2 threads
     calls = []
     real = data.decode_image
-    monkeypatch.setattr(data, "decode_image", lambda *a: calls.append(
+    monkeypatch.setattr(data.decode, "decode_image", lambda *a: calls.append(
         threading.current_thread().name) or real(*a))
     pooled = _load(root, workers=2, progress=True)
     assert len(calls) == 49 and all(name.startswith("decode") for name in calls)

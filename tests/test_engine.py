@@ -20,9 +20,9 @@ TINY = dict(model="benchmark_cnn", image_size=16, batch_size=24, optimizer="adam
 
 
 def _cfg(**kw):
-    from bench.train import RunConfig
+    from bench.config import make
 
-    return RunConfig(**{**TINY, **kw})
+    return make(**{**TINY, **kw})
 
 
 def test_train_learns_and_writes_record(tmp_path):
@@ -115,12 +115,13 @@ import json, sys
 sys.path.insert(0, {tests!r})
 import numpy as np, jax
 from helpers import synthetic_dataset
-from bench.train import RunConfig, train
+from bench.config import make
+from bench.train import train
 assert len(jax.devices()) == 4, jax.devices()
 ds = synthetic_dataset(n_per_class=32, size=16)
 out = {{}}
 for n in (1, 4):
-    cfg = RunConfig(model="resnet20", image_size=16, batch_size=32, epochs=2, lr=0.05,
+    cfg = make(model="resnet20", image_size=16, batch_size=32, epochs=2, lr=0.05,
                     augment="crop_flip", devices=n)
     rec = train(cfg, {out!r}, dataset=ds, quiet=True)
     out[n] = dict(hist=rec["history"], acc=rec["accuracy"], loss=rec["log_loss"],

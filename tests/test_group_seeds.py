@@ -94,7 +94,7 @@ def test_robustness_reevaluates_the_saved_weights(trained_run):
 
 
 def test_most_confused_picks_the_strongest_pair():
-    from bench.seeds import most_confused
+    from bench.suites.seeds import most_confused
 
     a = np.eye(4, dtype=int) * 10
     b = a.copy()
@@ -111,14 +111,14 @@ def test_most_confused_picks_the_strongest_pair():
 
 
 def test_seeds_configs_and_missing_data(tmp_path, capsys):
-    from bench.seeds import configs_000, configs_002, configs_003
+    from bench.suites.seeds import configs_000, configs_002, configs_003
 
     c0 = configs_000(tmp_path)
     assert {c.model for c in c0} >= {"basic_cnn", "deeper_cnn", "resnet20", "vgg16_cut",
                                      "inception_resnet_small", "efficientnet_lite0"}
     assert all(c.image_size == 64 for c in c0 if c.weights is None)
     grid = configs_002(tmp_path)
-    assert len({c.model_args for c in grid}) == len(grid) == 6
+    assert len({c.model.model_args for c in grid}) == len(grid) == 6
     assert [c.model for c in configs_003(tmp_path)] == ["benchmark_cnn", "mobilenet_v2",
                                                        "efficientnet_lite0"]
     # Missing data: a clear error naming what was expected, before any work.
@@ -164,7 +164,7 @@ def test_committed_seeds_summary_rerenders(tmp_path):
 
     from helpers import REPO
 
-    from bench.seeds import rewrite_summary
+    from bench.suites.seeds import rewrite_summary
 
     saved = REPO / "results" / "seeds" / "seeds.json"
     if not saved.exists():

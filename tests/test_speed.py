@@ -11,8 +11,9 @@ import re
 
 import pytest
 
-from bench import compare, speed
-from bench.peers import keras_peer, measure_peer, torch_peer
+from bench.report import compare
+from bench.speed import harness as speed
+from bench.speed.peers import keras_peer, measure_peer, torch_peer
 
 RESNET20_PARAMS = 271_098  # Keras count_params: 269,722 trainable + 1,376 BatchNorm statistics
 
@@ -260,7 +261,7 @@ def _fake_record(tag, acc, img_s, params):
 
 
 def test_write_html_and_plots(tmp_path):
-    from bench.html import PLOT_NAMES, write_html, write_plots
+    from bench.report.html import PLOT_NAMES, write_html, write_plots
 
     records = [_fake_record("resnet20", 0.83, 900.0, 271_098),
                _fake_record("vgg16<cut>", 0.91, 120.0, 14_000_000)]
@@ -280,8 +281,8 @@ def test_write_html_and_plots(tmp_path):
 
 
 def test_write_html_reads_the_results_directory(tmp_path):
-    from bench import io as bio
-    from bench.html import write_html
+    from runtime import io as bio
+    from bench.report.html import write_html
 
     rec = _fake_record("resnet20", 0.8, 500.0, 271_098)
     bio.write_json(tmp_path / "runs" / rec["run_id"] / "record.json", rec)
@@ -298,7 +299,7 @@ def test_conv_gap_script_times_every_kernel(capsys, tmp_path):
     """`python -m bench.peers.conv_gap`: forward and both gradients per ResNet-20 shape."""
     import json
 
-    from bench.peers import conv_gap
+    from bench.speed.peers import conv_gap
 
     out = tmp_path / "gap.json"
     assert conv_gap.main(["--batch", "2", "--warmup", "0", "--repeats", "1", "--no-torch",

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import models
-from bench import speed
+from bench.speed import harness as speed
 
 
 def _params():

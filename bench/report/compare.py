@@ -14,7 +14,7 @@ import json
 import math
 from pathlib import Path
 
-from . import io as bio
+from runtime import io as bio
 
 # metric -> True when higher is better.
 SPEED_METRICS = {"train_img_per_s": True, "infer_img_per_s": True}

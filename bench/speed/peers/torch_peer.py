@@ -13,7 +13,7 @@ device synchronise.
 
 from __future__ import annotations
 
-from ..speed import new_row, time_calls
+from ..timing import new_row, time_calls
 
 try:  # this module is imported only when the torch peer is asked for
     import torch

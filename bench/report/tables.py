@@ -8,7 +8,7 @@ import io
 import math
 from pathlib import Path
 
-from . import io as bio
+from runtime import io as bio
 
 SUMMARY_COLUMNS = (
     "run_id", "tag", "model", "dataset", "status", "epochs", "accuracy", "top5_accuracy",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..speed import new_row, time_calls
+from ..timing import new_row, time_calls
 
 # Our name -> the keras.applications constructor of the same architecture.
 APPLICATIONS = {

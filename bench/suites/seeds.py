@@ -25,15 +25,14 @@ cut so that the whole suite finishes in well under 2 hours on a 2-core CPU:
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import io as bio
-from .train import RunConfig
+from runtime import io as bio
+from bench.config import RunConfig, make
 
 DEFAULT_OUT = "results/seeds"
 SECTIONS = ("000", "001", "002", "003", "004")
@@ -62,7 +61,7 @@ def _adam(model: str, dataset: str, epochs: int, **kw) -> RunConfig:
                 lr=1e-3, weight_decay=0.0, schedule="constant", warmup_epochs=0.0,
                 augment="none")
     base.update(kw)
-    return RunConfig(**base)
+    return make(**base)
 
 
 def configs_000(root: Path, seed: int = 0) -> list[RunConfig]:
@@ -100,7 +99,7 @@ def _cifar(root: Path) -> str:
 def configs_002(root: Path, seed: int = 0) -> list[RunConfig]:
     return [_adam("small_cnn", _cifar(root), 10, image_size=32, seed=seed,
                   max_per_class=CIFAR_PER_CLASS, augment="affine",
-                  model_args=(("depth", d), ("width", w)), tag=f"small_cnn d{d} w{w}")
+                  model_arg=(("depth", d), ("width", w)), tag=f"small_cnn d{d} w{w}")
             for d in GRID_DEPTHS for w in GRID_WIDTHS]
 
 
@@ -111,7 +110,7 @@ def configs_003(root: Path, seed: int = 0) -> list[RunConfig]:
         # Keras' BatchNorm momentum 0.999 leaves the moving statistics unconverged after
         # 840 steps (validation at chance, measured); 0.9 as PyTorch's default.
         _adam("mobilenet_v2", _cifar(root), 10, image_size=32, augment="flip",
-              model_args=(("bn_momentum", 0.9),), tag="mobilenet_v2 (scratch)", **c),
+              model_arg=(("bn_momentum", 0.9),), tag="mobilenet_v2 (scratch)", **c),
         _adam("efficientnet_lite0", _cifar(root), 3, image_size=96, weights="imagenet",
               freeze="backbone", augment="flip", tag="efficientnet_lite0 (frozen)", **c),
     ]
@@ -121,10 +120,9 @@ def finetune(stage1: RunConfig, rec: dict, out: Path, epochs: int, freeze: str |
              tag: str) -> RunConfig:
     """Stage 2 (reports 003/004): ``bench train --finetune-epochs``'s config (stage 1's
     weights, lr / 10, fewer blocks frozen) under its own row label."""
-    from .cli import finetune_config
+    from bench.train import finetune_config
 
-    return dataclasses.replace(finetune_config(stage1, rec, str(out), epochs, None, freeze),
-                               tag=tag)
+    return finetune_config(stage1, rec, str(out), epochs, None, freeze).replace(tag=tag)
 
 
 def _say(quiet: bool, msg: str) -> None:
@@ -143,9 +141,12 @@ def check_data(root: Path, sections=SECTIONS) -> None:
 
 def run_seeds(data_root: str | Path, out: str | Path = DEFAULT_OUT, *, sections=SECTIONS,
               quiet: bool = False, force: bool = False, cache_dir=None, seed: int = 0,
-              devices: int | None = None) -> Path:
-    """Run the sections of the seeds suite and write ``out/summary.md``; returns its path."""
-    from .train import train
+              devices: int | None = None, overrides: dict | None = None) -> Path:
+    """Run the sections of the seeds suite and write ``out/summary.md``; returns its path.
+
+    ``overrides``: flat options applied to every trained run (``bench run --suite seeds
+    --epochs 1 --max-per-class 30`` for a quick look; the runs get their own ids)."""
+    from bench.train import train
 
     root, out = Path(data_root), Path(out)
     sections = tuple(sections)
@@ -160,8 +161,11 @@ def run_seeds(data_root: str | Path, out: str | Path = DEFAULT_OUT, *, sections=
 
     def run(cfg: RunConfig) -> dict:
         if devices:
-            cfg = dataclasses.replace(cfg, devices=devices)
-        _say(quiet, f"== {cfg.tag or cfg.model} on {cfg.dataset} ({cfg.epochs} epochs)")
+            cfg = cfg.replace(devices=devices)
+        if overrides:
+            cfg = cfg.replace(**overrides)
+        _say(quiet, f"== {cfg.tag or cfg.model.name} on {cfg.data.dataset} "
+                    f"({cfg.optim.epochs} epochs)")
         return train(cfg, out, quiet=quiet, force=force, cache_dir=cache_dir)
 
     timings = {}
@@ -193,8 +197,8 @@ def run_seeds(data_root: str | Path, out: str | Path = DEFAULT_OUT, *, sections=
         timings[section] = time.perf_counter() - t0
     total = time.perf_counter() - t_start
 
-    from .html import write_plots
-    from .report import load_records, write_summary
+    from bench.report.html import write_plots
+    from bench.report.tables import load_records, write_summary
 
     write_summary(out, "seeds suite: all runs", md_name="runs.md")
     ids = {r["run_id"] for s in results.values() for r in s.get("runs", [])}
@@ -222,8 +226,8 @@ def section_001(root: Path, out: Path, *, quiet: bool, force: bool, cache_dir,
                 seed: int) -> dict:
     import features
 
-    from .data import load_dataset
-    from .ensemble import run_ensemble
+    from bench.data import load_dataset
+    from bench.ensemble import run_ensemble
 
     files, extract_s, ds = [], {}, None
     for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
@@ -264,7 +268,7 @@ def most_confused(runs: list[dict]) -> dict:
 
 
 def section_004(results: dict, out: Path, run, *, quiet: bool, cache_dir) -> dict:
-    from .group import group_run
+    from bench.group import group_run
 
     candidates = [r for s in ("002", "003") for r in results.get(s, {}).get("runs", [])]
     target = most_confused(candidates)
@@ -274,7 +278,7 @@ def section_004(results: dict, out: Path, run, *, quiet: bool, cache_dir) -> dic
     import models
     from flax import nnx
 
-    blocks = nnx.eval_shape(lambda: models.create_model(cfg1.model, num_classes=10)
+    blocks = nnx.eval_shape(lambda: models.create_model(cfg1.model.name, num_classes=10)
                             ).block_names()
     # blocks = [stem, stage1..7, head_conv, head]: the last k stages train along with
     # head_conv and the head; everything up to stage (7 - k) stays frozen.
@@ -288,6 +292,13 @@ def section_004(results: dict, out: Path, run, *, quiet: bool, cache_dir) -> dic
 
 # ---------------------------------------------------------------------------------------------
 # summary.md
+
+def _model_args(rec: dict) -> dict:
+    """A record's architecture overrides, whatever its config version."""
+    from bench.config import from_dict
+
+    return dict(from_dict(rec["config"]).model.model_args)
+
 
 def _pct(v) -> str:
     return "" if v is None else f"{100 * v:.2f}%"
@@ -335,7 +346,7 @@ def _compute_minutes(results: dict) -> float:
 
 def seeds_markdown(results: dict, timings: dict, total: float, root: Path, plots,
                    out: Path) -> str:
-    from .train import device_description
+    from runtime.devices import device_description
 
     import os
 
@@ -398,7 +409,7 @@ def seeds_markdown(results: dict, timings: dict, total: float, root: Path, plots
               "top-5 on 256 classes; VGG16 transfer 21.73% / 49.00%.", "",
               "| depth \\ width | " + " | ".join(str(w) for w in GRID_WIDTHS) + " |",
               "|---|" + "---|" * len(GRID_WIDTHS)]
-        by = {(dict(r["config"]["model_args"])["depth"], dict(r["config"]["model_args"])["width"]):
+        by = {(_model_args(r)["depth"], _model_args(r)["width"]):
               r for r in r2["runs"]}
         for d in GRID_DEPTHS:
             cells = [f"{_pct(by[d, w]['accuracy'])} / {_pct(by[d, w]['top5_accuracy'])} "

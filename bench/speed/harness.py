@@ -6,11 +6,12 @@ the median of ``repeats`` timed steps, each ended by ``block_until_ready``. FLOP
 XLA's cost analysis of the compiled steps (a multiply-add counts as 2), which gives achieved
 TFLOP/s and, where the device's dense peak is in ``PEAK_TFLOPS``, model FLOPs utilisation.
 
-Inputs are random, already preprocessed float32 images: this times the model, not the data
-pipeline (``tests/benchmarks`` times that). ``precision='bf16'`` is mixed precision: float32
-master parameters, gradients and optimizer state; inside the step the parameters and inputs
-are cast to bfloat16, every Flax layer computes in bfloat16, BatchNorm statistics and the
-loss stay float32. ``vs=("keras", "torch")`` also times the same architecture in those
+The steps timed are ``engine.build_steps``' -- the ones ``bench train`` runs -- on random uint8
+images already on the device: the on-device gather, augmentation and preprocessing are in
+the step, the host-side data pipeline is not (``tests/benchmarks`` times that).
+``precision='bf16'`` is mixed precision: float32 master parameters, gradients and optimizer
+state; inside the step the parameters and inputs are cast to bfloat16, every Flax layer
+computes in bfloat16, BatchNorm statistics and the loss stay float32. ``vs=("keras", "torch")`` also times the same architecture in those
 frameworks (``bench.peers``) and adds ours/peer ratio columns.
 """
 
@@ -18,107 +19,29 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import platform
 import shlex
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 
 import models
 from models import get_model_info
 
-from . import engine
-from . import io as bio
+from bench import engine
+from bench.config import RunConfig, make
+from bench.train import size_overrides
+from runtime import io as bio
+from runtime.devices import device_description, device_line
+from runtime.versions import versions as _base_versions
+
+from .timing import PEAK_TFLOPS, ROW_KEYS, new_row, peak_tflops, time_calls  # noqa: F401
+
 
 PRECISIONS = ("fp32", "bf16")
-
-# One row per (model, framework). Peers (bench.peers) return the same keys.
-ROW_KEYS = (
-    "model", "framework", "precision", "image_size", "batch", "devices", "device", "params",
-    "train_img_per_s", "infer_img_per_s", "train_step_ms", "infer_step_ms",
-    "train_gflops_per_img", "infer_gflops_per_img", "train_tflops", "infer_tflops",
-    "peak_tflops", "train_mfu", "infer_mfu", "train_compile_s", "infer_compile_s",
-    "batch_note", "note",
-)
-
-# Dense peak TFLOP/s of one device from the vendors' spec sheets, by a substring of
-# ``jax.Device.device_kind`` (first match wins, so specific names come first). MFU is against
-# these figures; on the H100/H200 lent here a bf16 matmul measured about 790 TFLOP/s
-# (shared/REFERENCE.md), so 80% of spec is the practical ceiling. fp32 is the non-tensor-core
-# rate: XLA may run float32 convolutions as TF32 on tensor cores, so fp32 MFU can exceed 1.
-PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
-    ("H100 PCIe", {"bf16": 756.0, "fp32": 51.2}),
-    ("H100", {"bf16": 989.4, "fp32": 66.9}),  # SXM
-    ("H200", {"bf16": 989.4, "fp32": 66.9}),  # the H100 chip with more memory
-    ("A100", {"bf16": 312.0, "fp32": 19.5}),
-    ("TPU v6", {"bf16": 918.0}),
-    ("TPU v5p", {"bf16": 459.0}),
-    ("TPU v5", {"bf16": 197.0}),  # v5e ("TPU v5 lite")
-    ("TPU v4", {"bf16": 275.0}),
-)
-_LEARNING_RATE = 0.01  # SGD step size of the timed train step (any small value will do)
-
-
-def peak_tflops(device_kind: str, precision: str) -> float | None:
-    """The dense peak of one device, or None when the device is not in ``PEAK_TFLOPS``."""
-    for key, peaks in PEAK_TFLOPS:
-        if key.lower() in device_kind.lower():
-            return peaks.get(precision)
-    return None
-
-
-def new_row(model: str, framework: str, precision: str, image_size: int, batch: int) -> dict:
-    """A result row with every ``ROW_KEYS`` key, unmeasured values None."""
-    row = dict.fromkeys(ROW_KEYS)
-    row.update(model=model, framework=framework, precision=precision, image_size=image_size,
-               batch=batch)
-    return row
-
-
-def time_calls(call: Callable[[], Any], warmup: int, repeats: int) -> tuple[float, float]:
-    """``(first, median)``: seconds of the first call (which includes compilation where the
-    callee compiles lazily), and the median of ``repeats`` calls after ``warmup`` more.
-    ``call`` must return only once its work is finished (``block_until_ready`` or a sync)."""
-    t0 = time.perf_counter()
-    call()
-    first = time.perf_counter() - t0
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return first, statistics.median(times)
-
-
-def _compute_dtype(precision: str):
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
-    return jnp.bfloat16 if precision == "bf16" else jnp.float32
-
-
-def _cast_floats(tree, dtype):
-    return jax.tree.map(
-        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
-
-
-def set_compute_dtype(model, dtype) -> None:
-    """Make every Flax layer of ``model`` compute in ``dtype`` (its ``dtype`` attribute; the
-    parameters keep their ``param_dtype``). BatchNorm then normalises in ``dtype`` but keeps
-    its statistics and their moving averages in float32."""
-    for _, m in nnx.iter_modules(model):
-        if hasattr(m, "dtype") and hasattr(m, "param_dtype"):
-            m.dtype = dtype
-
 
 @dataclasses.dataclass
 class Prepared:
@@ -147,12 +70,15 @@ class Prepared:
     train_lowered: Any = None  # jax Lowered: .as_text() is the program before XLA's passes
     infer_lowered: Any = None
 
+    steps: Any = None  # engine.Steps: the functions bench train runs
+    train_args: tuple = ()  # (x_all, y_all, idx, key) of the train step
+
     def train_step(self) -> jax.Array:
-        self.state, loss = self.train(self.state, self.x, self.y)
-        return loss.block_until_ready()
+        self.state, m = self.train(self.state, *self.train_args)
+        return m["loss"].block_until_ready()
 
     def infer_step(self) -> jax.Array:
-        return self.infer(self.state["params"], self.state["rest"], self.x).block_until_ready()
+        return self.infer(self.state, self.x).block_until_ready()
 
 
 def _flops(compiled, n_devices: int) -> float | None:
@@ -170,84 +96,57 @@ def _flops(compiled, n_devices: int) -> float | None:
 def prepare(name: str, batch_size: int, image_size: int | None = None, *,
             precision: str = "fp32", mesh: engine.Mesh | None = None,
             num_classes: int | None = None, train: bool = True, infer: bool = True,
-            seed: int = 0) -> Prepared:
-    """Build ``name``, jit its steps for ``precision`` over ``mesh`` and compile them ahead of
-    time on a synthetic batch (the compile times and XLA FLOP counts are kept)."""
-    compute = _compute_dtype(precision)
+            seed: int = 0, config: RunConfig | None = None) -> Prepared:
+    """Build ``name`` and compile, ahead of time, exactly the steps ``bench train`` runs
+    (``engine.build_steps``: on-device gather, augmentation, preprocessing, forward, loss,
+    backward, the optimizer) for ``precision`` over ``mesh``, on a synthetic uint8 batch. The
+    optimizer and augmentation are ``config``'s (default: ``bench train``'s defaults); the
+    compile times and XLA FLOP counts are kept."""
+    engine.compute_dtype(precision)  # refuses an unknown precision before any work
+    cfg = (config or make(model=name)).replace(model=name, precision=precision)
     mesh = mesh or engine.Mesh.create()
     size = image_size or get_model_info(name).input_size[0]
     check_size(name, size)
     if batch_size < mesh.n or batch_size % mesh.n:
         raise ValueError(f"batch size {batch_size}: must be a positive multiple of the "
                          f"{mesh.n} devices")
+    info = get_model_info(name)
     model = models.create_model(name, num_classes, seed=seed, **size_overrides(name, size))
     num_classes = model.num_classes
     params = models.param_count(model)["total"]
-    if precision != "fp32":
-        set_compute_dtype(model, compute)
-    model.train()
-    graphdef_train = nnx.graphdef(model)
-    model.eval()
-    graphdef_eval = nnx.graphdef(model)
-    tx = engine.make_optimizer(engine.OptimConfig(optimizer="sgd", lr=_LEARNING_RATE),
-                               lambda step: _LEARNING_RATE)
+    schedule = engine.make_schedule(cfg.optim, 100, cfg.optim.epochs)
+    tx = engine.make_optimizer(cfg.optim, schedule)
+    steps = engine.build_steps(model, tx, num_classes=num_classes,
+                               preprocessing=info.preprocessing, augment=cfg.augment,
+                               label_smoothing=cfg.optim.label_smoothing, mesh=mesh,
+                               precision=precision)
     state = engine.replicate(engine.init_state(model, tx), mesh)
     del model
 
-    def train_step(state, x, y):
-        def loss_fn(params, rest):
-            m = nnx.merge(graphdef_train, _cast_floats(params, compute), rest)
-            logits = m(x.astype(compute))
-            _, _, new_rest = nnx.split(m, nnx.Param, ...)
-            # Cross-entropy in float32 (engine.cross_entropy casts the logits).
-            loss = engine.cross_entropy(logits, y, num_classes).mean()
-            return loss, nnx.as_pure(new_rest)
-
-        (loss, new_rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"], state["rest"])
-        new_rest = jax.tree.map(lambda new, old: new.astype(old.dtype), new_rest, state["rest"])
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        return dict(params=params, rest=new_rest, opt_state=opt_state,
-                    step=state["step"] + 1), loss
-
-    def infer_step(params, rest, x):
-        m = nnx.merge(graphdef_eval, _cast_floats(params, compute), rest)
-        return m(x.astype(compute))
-
     rng = np.random.default_rng(seed)
-    x = engine.to_global(rng.standard_normal((batch_size, size, size, 3), np.float32),
-                         mesh.data)
-    y = engine.to_global(rng.integers(0, num_classes, batch_size).astype(np.int32), mesh.data)
+    x_all = engine.to_global(rng.integers(0, 256, (batch_size, size, size, 3), np.uint8),
+                             mesh.replicated)
+    y_all = engine.to_global(rng.integers(0, num_classes, batch_size).astype(np.int32),
+                             mesh.replicated)
+    idx = engine.to_global(np.arange(batch_size, dtype=np.int32), mesh.data)
+    x = engine.to_global(np.asarray(x_all), mesh.data)
+    key = jax.random.key(seed)
     prep = Prepared(name=name, precision=precision, batch=batch_size, image_size=size,
-                    num_classes=num_classes, params=params, mesh=mesh, state=state, x=x, y=y)
-    rep, data = mesh.replicated, mesh.data
+                    num_classes=num_classes, params=params, mesh=mesh, state=state, x=x,
+                    y=y_all, steps=steps, train_args=(x_all, y_all, idx, key))
     if train:
-        jitted = jax.jit(train_step, in_shardings=(rep, data, data), out_shardings=(rep, rep),
-                         donate_argnums=0)
         t0 = time.perf_counter()
-        prep.train_lowered = jitted.lower(state, x, y)
+        prep.train_lowered = steps.train.lower(state, x_all, y_all, idx, key)
         prep.train = prep.train_lowered.compile()
         prep.train_compile_s = time.perf_counter() - t0
         prep.train_flops = _flops(prep.train, mesh.n)
     if infer:
-        jitted = jax.jit(infer_step, in_shardings=(rep, rep, data), out_shardings=data)
         t0 = time.perf_counter()
-        prep.infer_lowered = jitted.lower(state["params"], state["rest"], x)
+        prep.infer_lowered = steps.eval.lower(state, x)
         prep.infer = prep.infer_lowered.compile()
         prep.infer_compile_s = time.perf_counter() - t0
         prep.infer_flops = _flops(prep.infer, mesh.n)
     return prep
-
-
-def size_overrides(name: str, size: int) -> dict:
-    """``{'input_size': (size, size)}`` for models whose flatten head is sized at build time
-    (their builder takes ``input_size``), else nothing."""
-    import inspect
-
-    if "input_size" in inspect.signature(models.get_builder(name)).parameters:
-        return {"input_size": (size, size)}
-    return {}
 
 
 def check_size(name: str, size: int) -> None:
@@ -327,7 +226,7 @@ def speed(models: Sequence[str], batch_size: int = 64, image_size: int | None = 
     """
     from . import peers
 
-    _compute_dtype(precision)
+    engine.compute_dtype(precision)
     for peer in vs:
         if peer not in peers.PEERS:
             raise ValueError(f"--vs {peer!r}: not one of {', '.join(peers.PEERS)}")
@@ -450,33 +349,19 @@ def speed_markdown(rows: list[dict], meta: dict | None = None) -> str:
 
 
 def _versions(rows: list[dict]) -> dict:
-    import flax
-
-    out = {"python": platform.python_version(), "jax": jax.__version__,
-           "flax": flax.__version__, "numpy": np.__version__}
     frameworks = {r.get("framework") for r in rows}
-    for fw in ("keras", "torch"):
-        mod = sys.modules.get(fw)
-        if fw in frameworks and mod is not None:
-            out[fw] = getattr(mod, "__version__", "?")
-    return out
+    return _base_versions(*(fw for fw in ("keras", "torch") if fw in frameworks))
 
 
 def write_speed(rows: list[dict], out_dir: str | Path, name: str = "speed",
                 command: str | None = None) -> tuple[Path, Path]:
     """Write ``<name>.json`` (rows plus command, device, versions, date) and ``<name>.md``
     to ``out_dir``; return their paths."""
-    from .train import device_description
-
     out_dir = Path(out_dir)
     meta = {"command": command if command is not None else shlex.join(sys.argv),
-            "device": _device_line(device_description()),
+            "device": device_line(device_description()),
             "versions": _versions(rows), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
     bio.write_json(json_path, dict(meta, kind="bench-speed", rows=rows))
     bio.write_text(md_path, speed_markdown(rows, meta))
     return json_path, md_path
-
-
-def _device_line(d: dict) -> str:
-    return f"{d['count']}x {d['kind']} ({d['platform']}, host {d['host']})"

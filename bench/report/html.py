@@ -18,8 +18,8 @@ import math
 import time
 from pathlib import Path
 
-from . import io as bio
-from .report import load_records, summary_row
+from runtime import io as bio
+from .tables import load_records, summary_row
 
 PLOT_NAMES = ("accuracy_vs_throughput", "accuracy_vs_size", "training_curves", "confusion")
 MAX_CURVES = 8  # runs with training curves (the most accurate ones)
