@@ -89,7 +89,7 @@ def test_planted_duplicates_and_outliers(planted, tmp_path):
     assert json.loads((out / "inspect.json").read_text())["counts"] == r["counts"]
     section = inspect_html_section(r, out)
     assert section.startswith('<section class="inspect">') and "data:image/png;base64," in section
-    assert "2 across splits" not in section and "<strong>2 across splits</strong>" in section
+    assert "<strong>2 across splits</strong>" in section and "test/b/near.jpg" in section
 
 
 def test_cross_split_library_function(planted, tmp_path):
