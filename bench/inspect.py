@@ -957,6 +957,9 @@ def _sheet_items(result, pair_rows, findings, paths, kinds, cross_only) -> list[
         for s in result["skipped"]:
             per_kind["unreadable"].append({"paths": [], "caption": [s["path"], s["reason"]],
                                            "kind": "unreadable"})
+    if cross_only:  # pairs that reach into the test split first: those inflate accuracy
+        pair_rows = sorted(pair_rows, key=lambda p: "test" not in (p["a"]["split"],
+                                                                   p["b"]["split"]))
     for p in pair_rows:
         kind = "exact-duplicate" if p["exact"] else "near-duplicate"
         if kind in kinds and (p["cross_split"] or not cross_only):
