@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", default=DEFAULT_OUT)
     p.add_argument("--title")
 
+    from .inspect import add_inspect_parser
+
+    add_inspect_parser(sub)
+
     p = sub.add_parser("models", help="list registered models")
     p.add_argument("pattern", nargs="?", default="*")
     p.add_argument("--no-params", action="store_true", help="skip parameter counting (faster)")
@@ -374,7 +378,8 @@ def cmd_models(args) -> int:
 
 COMMANDS = {"run": cmd_run, "train": cmd_train, "features": cmd_features,
             "ensemble": cmd_ensemble, "group": cmd_group, "speed": cmd_speed,
-            "compare": cmd_compare, "report": cmd_report, "models": cmd_models}
+            "compare": cmd_compare, "report": cmd_report, "models": cmd_models,
+            "inspect": lambda args: __import__("bench.inspect", fromlist=["x"]).cmd_inspect(args)}
 
 
 def main(argv: list[str] | None = None) -> int:
