@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", default=DEFAULT_OUT)
     p.add_argument("--title")
 
-    from .inspect import add_inspect_parser
+    from .inspect_options import add_inspect_parser
 
     add_inspect_parser(sub)
 
@@ -376,10 +376,16 @@ def cmd_models(args) -> int:
     return 0
 
 
+def _inspect(args) -> int:
+    from .inspect import cmd_inspect
+
+    return cmd_inspect(args)
+
+
 COMMANDS = {"run": cmd_run, "train": cmd_train, "features": cmd_features,
             "ensemble": cmd_ensemble, "group": cmd_group, "speed": cmd_speed,
             "compare": cmd_compare, "report": cmd_report, "models": cmd_models,
-            "inspect": lambda args: __import__("bench.inspect", fromlist=["x"]).cmd_inspect(args)}
+            "inspect": lambda args: _inspect(args)}
 
 
 def main(argv: list[str] | None = None) -> int:

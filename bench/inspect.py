@@ -48,9 +48,7 @@ leaves the test copy out.
 
 from __future__ import annotations
 
-import argparse
 import base64
-import dataclasses
 import hashlib
 import html
 import io
@@ -67,35 +65,21 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from . import io as bio
+from runtime import io as bio
+
+from .data.sources import is_ignored, is_image_name
+from .inspect_options import DEFAULT_MIN_CORR, DEFAULT_NEAR_THRESHOLD, KINDS
 
 __all__ = [
-    "DEFAULT_NEAR_THRESHOLD", "KINDS", "NearPair", "add_inspect_parser", "cmd_inspect",
+    "DEFAULT_NEAR_THRESHOLD", "KINDS", "NearPair", "cmd_inspect",
     "cross_split_near_duplicates", "cross_split_warning", "inspect_dataset",
     "inspect_html_section", "inspect_markdown", "near_duplicate_pairs", "pair_correlation",
     "phash",
     "read_exclusions", "write_contact_sheet",
 ]
 
-# Measured on the 2,002 Kaggle Dogs vs. Cats originals (tests/test_inspect.py, module
-# docstring of the CLI help): the one genuine duplicate pair is at distance 2, the closest
-# pair of different photographs at 10. pHash distances are even (32 of 64 bits are set).
-DEFAULT_NEAR_THRESHOLD = 6
-# Second stage: zero-mean normalised correlation of the two 32x32 grey images. On CIFAR-10's
-# 864 pHash pairs within 6, the 20 pairs with different labels (different photographs of a
-# small object on sky) had correlations 0.04 to 0.72; byte-different copies of one photo
-# mostly 0.8 to 1.
-DEFAULT_MIN_CORR = 0.8
 HASH_SIDE = 32                 # pHash input: 32x32 grey
 SPLIT_ORDER = ("train", "val", "test")
-KINDS = ("unreadable", "exact-duplicate", "near-duplicate", "low-resolution", "colour-outlier")
-_SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val",
-                  "test": "test"}
-_FLAT_NAME = re.compile(r"^(?P<label>.+?)[._-](?P<id>\d+)\.[^./]+$")
-_IMAGE_EXTENSIONS = frozenset({
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
-    ".ppm", ".pgm", ".pbm", ".pnm",
-})
 _COLOUR_STATS = ("mean R", "mean G", "mean B", "std R", "std G", "std B")
 _MAX_PAIRS_LISTED = 5000       # pairs written to inspect.json (all are counted)
 
@@ -303,15 +287,6 @@ def cross_split_warning(dataset, threshold: int = DEFAULT_NEAR_THRESHOLD,
 # Source files: listing, row mapping, header pass.
 
 
-def _ignored(path: str) -> bool:
-    return "/." in f"/{path}" or "__MACOSX" in path.split("/")
-
-
-def _is_image_name(name: str) -> bool:
-    _, dot, ext = name.rpartition(".")
-    return bool(dot) and f".{ext.lower()}" in _IMAGE_EXTENSIONS
-
-
 class _Files:
     """Reads a folder's or a zip's files by source-relative path (one zip handle a thread)."""
 
@@ -329,14 +304,14 @@ class _Files:
         else:
             names = []
             for dirpath, dirnames, filenames in os.walk(self.path, followlinks=True):
-                dirnames[:] = sorted(d for d in dirnames if not _ignored(d))
+                dirnames[:] = sorted(d for d in dirnames if not is_ignored(d))
                 rel = os.path.relpath(dirpath, self.path)
                 names += [f if rel == "." else f"{rel}/{f}".replace(os.sep, "/")
                           for f in filenames]
         for name in names:
-            if _ignored(name):
+            if is_ignored(name):
                 continue
-            if _is_image_name(name):
+            if is_image_name(name):
                 images.append(name)
             elif name.rsplit("/", 1)[-1] != "classes.txt":
                 others.append(name)
@@ -395,43 +370,6 @@ def _file_pass(files: _Files, paths: list[str], workers: int):
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="inspect") as pool:
         list(pool.map(work, range(0, n, 512)))
     return digests, nbytes, wh, problems
-
-
-def _group_of(path: str, layout: str) -> tuple[str, str]:
-    """(group, class name) of a source-relative path under the loader's detected layout."""
-    parts = path.split("/")
-    if layout.startswith("split folders"):
-        group = _SPLIT_FOLDERS.get(parts[-3], parts[-3])
-        if "no test/" in layout:
-            group = "test" if group == "val" else "train"
-        return group, parts[-2]
-    if layout == "class folders":
-        return "all", parts[-2]
-    m = _FLAT_NAME.match(parts[-1])
-    return "all", (m["label"] if m else "")
-
-
-def _stratified(labels: np.ndarray, fractions: Sequence[float], rng) -> list[np.ndarray]:
-    """The loader's stratified split rule (bench.data), rebuilt to map rows to splits; the
-    result is checked image for image against the loaded split, so drift fails loudly."""
-    parts = [[] for _ in range(len(fractions) + 1)]
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        n, take = len(idx), []
-        for f in fractions:
-            k = min(int(np.floor(n * f + 0.5)), max(n - 1 - sum(take), 0))
-            take.append(k)
-        rest = n - sum(take)
-        parts[0].append(idx[:rest])
-        start = rest
-        for i, k in enumerate(take):
-            parts[i + 1].append(idx[start:start + k])
-            start += k
-    return [np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for p in parts]
-
-
-# --------------------------------------------------------------------------------------------
-# The analysis.
 
 
 def _iqr_fences(x: np.ndarray, k: float) -> tuple[float, float, float, float]:
@@ -536,7 +474,7 @@ def inspect_dataset(
     exclusion list (see :data:`KINDS`). ``sheet_max``: images (or pairs) on the contact sheet
     (0: none); ``sheet_kinds`` / ``sheet_cross_split_only`` select what it shows.
     """
-    from .data import decode_image, load_dataset
+    from .data import load_dataset
 
     exclude = tuple(exclude)
     if not (isinstance(near_min_corr, (int, float)) and -1 <= near_min_corr <= 1):
@@ -555,94 +493,31 @@ def inspect_dataset(
     t_all = time.perf_counter()
     spec_str = os.fspath(spec)
 
-    # 1. The decoded arrays, whole groups in file order, then the training split.
+    # 1. The decoded arrays in training's split; each row knows its source file.
     t = time.perf_counter()
-    common = dict(cache_dir=cache_dir, seed=seed, progress=progress, workers=workers,
-                  data_dir=data_dir)
-    whole = load_dataset(spec_str, image_size, val_fraction=0.0, test_fraction=0.0, **common)
     ds = load_dataset(spec_str, image_size, val_fraction=val_fraction,
-                      test_fraction=test_fraction, **common)
+                      test_fraction=test_fraction, cache_dir=cache_dir, seed=seed,
+                      progress=progress, workers=workers, data_dir=data_dir)
     timing["load_s"] = time.perf_counter() - t
-    layout = ds.split_info.get("layout", "")
-    method = ds.split_info.get("method", "")
-    if method == "stratified":
-        group_arrays = {"all": whole.splits["train"]}
-    else:
-        group_arrays = {s: whole.splits[s] for s in SPLIT_ORDER if len(whole.splits[s])}
-
-    # 2. Which file each row is: the source listing, minus the loader's skipped files.
     is_files = not (spec_str == "digits" or spec_str.startswith("tfds:"))
     t = time.perf_counter()
-    ignored: list[str] = []
     skipped_rel = []
     for s in ds.skipped:
         p = s["path"]
         rel = p[len(ds.source) + 1:].replace(os.sep, "/") if p.startswith(ds.source) else p
         skipped_rel.append({"path": rel, "reason": s["reason"]})
-    skipped_set = {s["path"] for s in skipped_rel}
+    ignored: list[str] = []
+    files = None
     if is_files:
         files = _Files(Path(ds.source))
-        all_paths, ignored = files.list()
-        rows_by_group: dict[str, list[str]] = {g: [] for g in group_arrays}
-        class_by_path = {}
-        for p in all_paths:
-            if p in skipped_set:
-                continue
-            g, c = _group_of(p, layout)
-            rows_by_group.setdefault(g, []).append(p)
-            class_by_path[p] = c
-        index = {c: i for i, c in enumerate(ds.classes)}
-        for g, arr in group_arrays.items():
-            paths = rows_by_group.get(g, [])
-            labels = np.array([index.get(class_by_path[p], -1) for p in paths], np.int64)
-            if len(paths) != len(arr) or not np.array_equal(labels, arr.labels):
-                raise RuntimeError(
-                    f"{ds.source}: the {g!r} files listed here ({len(paths)}) do not match the "
-                    f"loader's rows ({len(arr)}); bench.data's layout rules changed and "
-                    "bench/inspect.py must follow")
-            for r in sorted({0, len(paths) // 2, len(paths) - 1}):  # spot check: same pixels
-                if len(paths) and not np.array_equal(
-                        decode_image(files.read(paths[r]), ds.image_size), arr.images[r]):
-                    raise RuntimeError(f"{ds.source}: row {r} of {g!r} is not {paths[r]}; "
-                                       "bench/inspect.py's row mapping is out of date")
-    else:
-        files = None
-        rows_by_group = {g: [(f"#{i}" if spec_str == "digits" else f"{g}[{i}]")
-                             for i in range(len(arr))] for g, arr in group_arrays.items()}
-
-    # Rows of all groups, concatenated in group order.
-    gnames = list(group_arrays)
-    paths = [p for g in gnames for p in rows_by_group[g]]
+        _, ignored = files.list()
+    parts = [(s, ds.splits[s]) for s in SPLIT_ORDER]
+    paths = [str(f) if f is not None else f"{s}[{i}]" for s, sp in parts
+             for i, f in enumerate(sp.files if sp.files is not None else [None] * len(sp))]
     n = len(paths)
-    labels = np.concatenate([group_arrays[g].labels for g in gnames]).astype(np.int64)
-    offsets = dict(zip(gnames, np.cumsum([0] + [len(group_arrays[g]) for g in gnames])))
-
-    # 3. The training split of every row, rebuilt from the seed and checked.
-    split_of = np.empty(n, object)
-    split_index = np.zeros(n, np.int64)
-    rng = np.random.default_rng(seed)
-    if method == "stratified":
-        parts = dict(zip(SPLIT_ORDER, _stratified(labels, [val_fraction, test_fraction], rng)))
-        src = {s: (0, idx) for s, idx in parts.items()}
-    elif method == "given":
-        src = {s: (offsets[s], np.arange(len(group_arrays[s]))) for s in SPLIT_ORDER}
-    else:  # given train/test, val carved from train
-        tr, va = _stratified(group_arrays["train"].labels, [val_fraction], rng)
-        src = {"train": (offsets["train"], tr), "val": (offsets["train"], va),
-               "test": (offsets["test"], np.arange(len(group_arrays["test"])))}
-    for s, (off, idx) in src.items():
-        rows = off + idx
-        split_of[rows] = s
-        split_index[rows] = np.arange(len(idx))
-        g = "all" if method == "stratified" else ("test" if s == "test" else
-                                                   ("val" if method == "given" and s == "val"
-                                                    else "train"))
-        if not (len(idx) == len(ds.splits[s]) and np.array_equal(
-                group_arrays[g].images[idx], ds.splits[s].images)):
-            raise RuntimeError(f"{ds.source}: the rebuilt {s!r} split differs from the "
-                               "loader's; bench.data's split rule changed and "
-                               "bench/inspect.py's _stratified must follow")
-    images = np.concatenate([np.asarray(group_arrays[g].images) for g in gnames])
+    labels = np.concatenate([sp.labels for _, sp in parts]).astype(np.int64)
+    split_of = np.array([s for s, sp in parts for _ in range(len(sp))], object)
+    images = np.concatenate([np.asarray(sp.images) for _, sp in parts])
     timing["map_s"] = time.perf_counter() - t
 
     # 4. Original files: bytes, hash, size.
@@ -805,7 +680,8 @@ def inspect_dataset(
         "dataset": {
             "spec": spec_str, "name": ds.name, "source": ds.source, "classes": ds.classes,
             "fingerprint": ds.fingerprint, "source_fingerprint": ds.source_fingerprint,
-            "layout": layout, "split_method": method, "seed": seed,
+            "layout": ds.split_info.get("layout", ""),
+            "split_method": ds.split_info.get("method", ""), "seed": seed,
             "val_fraction": val_fraction, "test_fraction": test_fraction,
             "image_size": list(ds.image_size), "cache": ds.cache, "files_available": is_files,
         },
@@ -1216,58 +1092,6 @@ def inspect_html_section(result: dict, out_dir: str | os.PathLike | None = None)
 
 # --------------------------------------------------------------------------------------------
 # Command line.
-
-
-def _kinds_arg(flag: str):
-    def parse(text: str) -> tuple[str, ...]:
-        kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-        bad = [k for k in kinds if k not in KINDS]
-        if bad or not kinds:
-            raise argparse.ArgumentTypeError(
-                f"{flag} {text!r}: expected a comma-separated subset of {','.join(KINDS)}")
-        return kinds
-    return parse
-
-
-def add_inspect_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``bench inspect`` on an ``argparse`` subparsers object."""
-    p = subparsers.add_parser(
-        "inspect", help="class balance, sizes, unreadable files, exact and near duplicates "
-        "(within and across splits), colour outliers; contact sheet and exclusion list")
-    p.add_argument("--dataset", required=True,
-                   help="'digits', a folder or .zip of images, or tfds:NAME (as for train)")
-    p.add_argument("--out", help="output folder (default: results/inspect/<dataset name>)")
-    p.add_argument("--image-size", type=int, default=32,
-                   help="decoded size read from / written to the cache (default 32; hashing "
-                        "runs at 32x32)")
-    p.add_argument("--cache-dir", help="prepared-data cache (as for train)")
-    p.add_argument("--data-dir", help="tensorflow-datasets data directory for tfds: specs")
-    p.add_argument("--seed", type=int, default=0, help="split seed (as for train)")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--test-fraction", type=float, default=0.2)
-    p.add_argument("--near-threshold", type=int, default=DEFAULT_NEAR_THRESHOLD,
-                   help=f"largest pHash Hamming distance of a near duplicate (default "
-                        f"{DEFAULT_NEAR_THRESHOLD} of 64)")
-    p.add_argument("--near-min-corr", type=float, default=DEFAULT_MIN_CORR,
-                   help="second stage: least correlation of the two 32x32 grey images "
-                        f"(default {DEFAULT_MIN_CORR}; -1: hash only)")
-    p.add_argument("--iqr-k", type=float, default=1.5,
-                   help="IQR fence factor for colour statistics (default 1.5)")
-    p.add_argument("--min-side", type=int,
-                   help="flag originals whose shorter side is below this (default: the IQR "
-                        "lower fence of log2 shorter side at --low-res-k)")
-    p.add_argument("--low-res-k", type=float, default=3.0,
-                   help="IQR fence factor of the automatic low-resolution rule (default 3)")
-    p.add_argument("--exclude", type=_kinds_arg("--exclude"), default=KINDS,
-                   help=f"kinds written to exclusions.txt (default: {','.join(KINDS)})")
-    p.add_argument("--sheet-max", type=int, default=60,
-                   help="images or pairs on contact.png (0: no sheet; default 60)")
-    p.add_argument("--sheet-kinds", type=_kinds_arg("--sheet-kinds"),
-                   help="kinds shown on the contact sheet (default: all)")
-    p.add_argument("--sheet-cross-split", action="store_true",
-                   help="contact sheet of duplicate pairs across splits only")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    return p
 
 
 def cmd_inspect(args) -> int:

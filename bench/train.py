@@ -65,6 +65,12 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
 
     train_split, val_split, test_split = (dataset.splits[k] for k in ("train", "val", "test"))
     num_classes = len(dataset.classes)
+    from .inspect import cross_split_near_duplicates, cross_split_warning
+
+    leaks = cross_split_near_duplicates(dataset)
+    leak_line = cross_split_warning(dataset, pairs=leaks)
+    if leak_line:
+        say(quiet, "warning: " + leak_line)
     n_train = len(train_split.labels)
     batch = min(cfg.optim.batch_size, n_train)
     batch -= batch % mesh.n
@@ -140,6 +146,9 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
         "params_trainable": counts["trainable"], "params_total": counts["total"],
         "device": devices.device_description(mesh.n), "versions": versions(),
         "seed": cfg.seed, "global_batch": batch, "steps_per_epoch": steps_per_epoch,
+        "near_duplicates_across_splits": {
+            f"{a}-{b}": sum(1 for p in leaks if {p.split_a, p.split_b} == {a, b})
+            for a, b in (("train", "val"), ("train", "test"), ("val", "test"))},
     }
     wall0 = time.perf_counter() - meta.get("wall_s", 0.0)
     with Progress(quiet) as prog:

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.hashing import arrays_digest
 from runtime.paths import cache_root
 
 log = logging.getLogger('bench.data')
 
-CACHE_FORMAT = 1          # bump when the cache file layout or the decoding changes
+CACHE_FORMAT = 2          # bump when the cache file layout or the decoding changes
+# 2: per-row source files, a content checksum per group, labels range-checked on load
 
 
 def default_cache_dir() -> Path:
@@ -36,8 +38,11 @@ def resolve_cache_dir(cache_dir) -> Path | None:
     return Path(cache_dir).expanduser()
 
 
-def read_cache(path: Path, key: str):
-    """-> ({group: (images memmap, labels)}, skipped), or None when absent or unusable."""
+def read_cache(path: Path, key: str, num_classes: int | None = None):
+    """-> ({group: (images memmap, labels)}, skipped, {group: files}), or None when absent or
+    unusable: a wrong key, shapes that disagree, a checksum that does not match the arrays
+    (bytes changed in place) or labels outside ``[0, num_classes)`` -- each rebuilt with a
+    warning, never used."""
     meta_file = path / "meta.json"
     if not meta_file.exists():
         return None
@@ -51,8 +56,15 @@ def read_cache(path: Path, key: str):
             y = np.load(path / f"{g}_labels.npy", allow_pickle=False)
             if x.shape[0] != y.shape[0] or x.shape[1:] != (*meta["size"], 3):
                 raise ValueError(f"{g}: images {x.shape} and labels {y.shape} disagree")
+            if arrays_digest([x, y]) != meta["checksums"][g]:
+                raise ValueError(f"{g}: the arrays do not match their checksum (changed "
+                                 f"after they were written)")
+            if len(y) and (y.min() < 0 or (num_classes is not None and y.max() >= num_classes)):
+                raise ValueError(f"{g}: labels outside 0..{(num_classes or 1) - 1}")
+            if len(meta["files"][g]) != len(y):
+                raise ValueError(f"{g}: {len(meta['files'][g])} file names for {len(y)} rows")
             arrays[g] = (x, y)
-        return arrays, meta["skipped"]
+        return arrays, meta["skipped"], {g: meta["files"][g] for g in meta["groups"]}
     except Exception as e:  # a damaged cache entry is rebuilt, never fatal
         log.warning("ignoring unreadable dataset cache %s (%s); rebuilding it", path, e)
         return None
@@ -64,6 +76,7 @@ def write_cache(path: Path, arrays: dict, meta: dict) -> None:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide a shared cache from other users
+        meta = dict(meta, checksums={g: arrays_digest([x, y]) for g, (x, y) in arrays.items()})
         for g, (x, y) in arrays.items():
             np.save(tmp / f"{g}_images.npy", x)
             np.save(tmp / f"{g}_labels.npy", y)

@@ -153,6 +153,32 @@ class Options:
     exclude: tuple[str, ...] = ()
 
 
+def _file_name(key) -> str:
+    """A row's source file as a string: the zip member or the path below the folder; array
+    sources' keys (an index, or ``(split, index)``) as ``index`` / ``split/index``."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, (tuple, list)):
+        return "/".join(map(str, key))
+    return str(key)
+
+
+def _warn_small_classes(splits, src, split_info) -> None:
+    """Classes with no training image, or too few to appear in every split, are named in the
+    split record and logged: a class with one image has no validation or test image."""
+    warnings = []
+    for c, name in enumerate(src.classes):
+        counts = {k: int((s.labels == c).sum()) for k, s in splits.items()}
+        empty = [k for k, n in counts.items() if n == 0]
+        if empty:
+            warnings.append(f"class {name!r} has no images in {', '.join(empty)} "
+                            f"({sum(counts.values())} in all)")
+    for w in warnings:
+        log.warning("%s: %s", src.source, w)
+    if warnings:
+        split_info["warnings"] = warnings
+
+
 def _exclusions(exclude) -> tuple[str, ...]:
     if exclude is None:
         return ()
@@ -190,15 +216,17 @@ def _prepare(src: Source, opts: Options) -> Dataset:
     if opts.cache_dir is not None:
         cache_path = opts.cache_dir / f"{safe_name(src.name)}-{h}x{w}-{key[:16]}"
     t0 = time.perf_counter()
-    cached = read_cache(cache_path, key) if cache_path is not None else None
+    cached = (read_cache(cache_path, key, len(src.classes)) if cache_path is not None
+              else None)
     if cached is not None:
-        arrays, skipped = cached
+        arrays, skipped, files = cached
         cache_info = {"path": str(cache_path), "hit": True}
     else:
-        arrays, skipped = {}, []
+        arrays, skipped, files = {}, [], {}
         for g, (keys, labels) in groups.items():
             images, ok, bad = decode_all(src, keys, opts, f"{src.name} {g}")
             arrays[g] = (images, labels[ok])
+            files[g] = [_file_name(k) for k, good in zip(keys, ok) if good]
             skipped += bad
         if sum(len(v[1]) for v in arrays.values()) == 0:
             first = skipped[0] if skipped else {}
@@ -208,7 +236,7 @@ def _prepare(src: Source, opts: Options) -> Dataset:
         if cache_path is not None:
             meta = {"key": key, "format": CACHE_FORMAT, "source": src.source,
                     "size": list(opts.size), "classes": src.classes, "groups": list(arrays),
-                    "skipped": skipped}
+                    "skipped": skipped, "files": files}
             try:
                 write_cache(cache_path, arrays, meta)
             except OSError as e:  # a full or read-only disk costs the cache, not the run
@@ -218,7 +246,8 @@ def _prepare(src: Source, opts: Options) -> Dataset:
     if skipped:
         log.warning("%s: skipped %d unreadable image(s), e.g. %s (%s)", src.source,
                     len(skipped), skipped[0]["path"], skipped[0]["reason"])
-    splits, split_info = make_splits(arrays, src.classes, opts)
+    splits, split_info = make_splits(arrays, src.classes, opts, files)
+    _warn_small_classes(splits, src, split_info)
     cache_info["seconds"] = round(time.perf_counter() - t0, 3)  # decode or read, and split
     split_info["layout"] = src.layout
     fingerprint = digest({

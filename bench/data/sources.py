@@ -119,12 +119,12 @@ class _ZipReader:
         return f"{self.path}/{key}"
 
 
-def _ignored(path: str) -> bool:
+def is_ignored(path: str) -> bool:
     """Dotfiles, dot-folders and macOS resource forks (``__MACOSX/``)."""
     return "/." in f"/{path}" or "__MACOSX" in path.split("/")
 
 
-def _is_image_name(name: str) -> bool:
+def is_image_name(name: str) -> bool:
     _, dot, ext = name.rpartition(".")
     return bool(dot) and f".{ext.lower()}" in IMAGE_EXTENSIONS
 
@@ -140,9 +140,9 @@ def _list_zip(path: Path):
         keys, h, texts = [], hashlib.sha256(), {}
         for info in zf.infolist():
             name = info.filename
-            if info.is_dir() or _ignored(name):
+            if info.is_dir() or is_ignored(name):
                 continue
-            if _is_image_name(name):
+            if is_image_name(name):
                 keys.append(name)
                 h.update(f"{name}\0{info.file_size}\0{info.CRC}\n".encode())
             elif name.rsplit("/", 1)[-1] == "classes.txt":
@@ -161,13 +161,13 @@ def _list_dir(root: Path):
             dirnames[:] = []
             continue
         seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not _ignored(d))
+        dirnames[:] = sorted(d for d in dirnames if not is_ignored(d))
         rel_dir = os.path.relpath(dirpath, root)
         for f in filenames:
-            if _ignored(f):
+            if is_ignored(f):
                 continue
             rel = f if rel_dir == "." else f"{rel_dir}/{f}".replace(os.sep, "/")
-            if _is_image_name(f):
+            if is_image_name(f):
                 try:
                     st = os.stat(os.path.join(dirpath, f))  # follows links
                 except OSError as e:  # a dangling or looping link, a vanished file

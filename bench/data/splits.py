@@ -16,9 +16,12 @@ if TYPE_CHECKING:
 class Split:
     images: np.ndarray  # uint8 (N, H, W, 3)
     labels: np.ndarray  # int32 (N,)
+    files: np.ndarray | None = None  # (N,) source file of each row (zip member / relative path)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
 
 
 
@@ -67,28 +70,38 @@ def _own(x: np.ndarray) -> np.ndarray:
     return np.array(x) if isinstance(x, np.memmap) else x
 
 
-def make_splits(arrays, classes, opts: Options):
+def make_splits(arrays, classes, opts: Options, files: dict | None = None):
     """Train/val/test from the decoded groups. Cached images arrive as memmaps: indexing
-    gathers each split straight out of the page cache, one copy in all."""
+    gathers each split straight out of the page cache, one copy in all. ``files``: each
+    group's per-row source files, carried into ``Split.files``."""
+    names = {g: np.asarray(files[g], dtype=object) if files and g in files
+             else np.full(len(arrays[g][1]), None, dtype=object) for g in arrays}
+
+    def split(x, y, rows=None, group=None):
+        f = names[group] if rows is None else names[group][rows]
+        return Split(x, y, f)
+
     rng = np.random.default_rng(opts.seed)
     info: dict[str, Any] = {"seed": opts.seed}
     if "all" in arrays:
         x, y = arrays["all"]
         tr, va, te = _stratified(y, [opts.val_fraction, opts.test_fraction], rng)
-        splits = {"train": Split(x[tr], y[tr]), "val": Split(x[va], y[va]),
-                  "test": Split(x[te], y[te])}
+        splits = {"train": split(x[tr], y[tr], tr, "all"),
+                  "val": split(x[va], y[va], va, "all"),
+                  "test": split(x[te], y[te], te, "all")}
         info.update(method="stratified", val_fraction=opts.val_fraction,
                     test_fraction=opts.test_fraction)
     elif "test" not in arrays:
         raise AssertionError(f"groups {list(arrays)}: expected 'all' or a test split")
     elif "val" in arrays:
-        splits = {k: Split(_own(arrays[k][0]), arrays[k][1]) for k in SPLITS}
+        splits = {k: split(_own(arrays[k][0]), arrays[k][1], group=k) for k in SPLITS}
         info.update(method="given")
     else:
         x, y = arrays["train"]
         tr, va = _stratified(y, [opts.val_fraction], rng)
-        splits = {"train": Split(x[tr], y[tr]), "val": Split(x[va], y[va]),
-                  "test": Split(_own(arrays["test"][0]), arrays["test"][1])}
+        splits = {"train": split(x[tr], y[tr], tr, "train"),
+                  "val": split(x[va], y[va], va, "train"),
+                  "test": split(_own(arrays["test"][0]), arrays["test"][1], group="test")}
         info.update(method="given train/test; val carved from train (stratified)",
                     val_fraction=opts.val_fraction)
     info["sizes"] = {k: len(s) for k, s in splits.items()}

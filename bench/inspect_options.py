@@ -1,0 +1,69 @@
+"""``bench inspect``'s flags and defaults: standard library only, so ``bench --help`` loads
+no numpy (the analysis is ``bench.inspect``)."""
+
+from __future__ import annotations
+
+import argparse
+
+# Measured on the 2,002 Kaggle Dogs vs. Cats originals (tests/test_inspect.py, module
+# docstring of the CLI help): the one genuine duplicate pair is at distance 2, the closest
+# pair of different photographs at 10. pHash distances are even (32 of 64 bits are set).
+# Second stage: zero-mean normalised correlation of the two 32x32 grey images. On CIFAR-10's
+# 864 pHash pairs within 6, the 20 pairs with different labels (different photographs of a
+# small object on sky) had correlations 0.04 to 0.72; byte-different copies of one photo
+# mostly 0.8 to 1.
+DEFAULT_NEAR_THRESHOLD = 6
+DEFAULT_MIN_CORR = 0.8
+KINDS = ("unreadable", "exact-duplicate", "near-duplicate", "low-resolution", "colour-outlier")
+
+
+def _kinds_arg(flag: str):
+    def parse(text: str) -> tuple[str, ...]:
+        kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+        bad = [k for k in kinds if k not in KINDS]
+        if bad or not kinds:
+            raise argparse.ArgumentTypeError(
+                f"{flag} {text!r}: expected a comma-separated subset of {','.join(KINDS)}")
+        return kinds
+    return parse
+
+
+def add_inspect_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``bench inspect`` on an ``argparse`` subparsers object."""
+    p = subparsers.add_parser(
+        "inspect", help="class balance, sizes, unreadable files, exact and near duplicates "
+        "(within and across splits), colour outliers; contact sheet and exclusion list")
+    p.add_argument("--dataset", required=True,
+                   help="'digits', a folder or .zip of images, or tfds:NAME (as for train)")
+    p.add_argument("--out", help="output folder (default: results/inspect/<dataset name>)")
+    p.add_argument("--image-size", type=int, default=32,
+                   help="decoded size read from / written to the cache (default 32; hashing "
+                        "runs at 32x32)")
+    p.add_argument("--cache-dir", help="prepared-data cache (as for train)")
+    p.add_argument("--data-dir", help="tensorflow-datasets data directory for tfds: specs")
+    p.add_argument("--seed", type=int, default=0, help="split seed (as for train)")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--near-threshold", type=int, default=DEFAULT_NEAR_THRESHOLD,
+                   help=f"largest pHash Hamming distance of a near duplicate (default "
+                        f"{DEFAULT_NEAR_THRESHOLD} of 64)")
+    p.add_argument("--near-min-corr", type=float, default=DEFAULT_MIN_CORR,
+                   help="second stage: least correlation of the two 32x32 grey images "
+                        f"(default {DEFAULT_MIN_CORR}; -1: hash only)")
+    p.add_argument("--iqr-k", type=float, default=1.5,
+                   help="IQR fence factor for colour statistics (default 1.5)")
+    p.add_argument("--min-side", type=int,
+                   help="flag originals whose shorter side is below this (default: the IQR "
+                        "lower fence of log2 shorter side at --low-res-k)")
+    p.add_argument("--low-res-k", type=float, default=3.0,
+                   help="IQR fence factor of the automatic low-resolution rule (default 3)")
+    p.add_argument("--exclude", type=_kinds_arg("--exclude"), default=KINDS,
+                   help=f"kinds written to exclusions.txt (default: {','.join(KINDS)})")
+    p.add_argument("--sheet-max", type=int, default=60,
+                   help="images or pairs on contact.png (0: no sheet; default 60)")
+    p.add_argument("--sheet-kinds", type=_kinds_arg("--sheet-kinds"),
+                   help="kinds shown on the contact sheet (default: all)")
+    p.add_argument("--sheet-cross-split", action="store_true",
+                   help="contact sheet of duplicate pairs across splits only")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    return p
