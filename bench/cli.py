@@ -355,8 +355,11 @@ def cmd_models(args) -> int:
         print(f"no model matches {args.pattern!r}", file=sys.stderr)
         return 1
     header = f"{'model':26} {'family':20} {'input':>11} {'prep':6} {'params':>12}  source"
+    if not args.no_params:
+        print(f"building {len(names)} models abstractly to count parameters "
+              f"(--no-params to skip)", file=sys.stderr, flush=True)
     print(header)
-    print("-" * len(header))
+    print("-" * len(header), flush=True)
     for name in names:
         info = models.get_model_info(name)
         h, w, c = info.input_size
@@ -371,7 +374,7 @@ def cmd_models(args) -> int:
             jax.clear_caches()
         pre = "*" if info.pretrained else " "
         print(f"{name + pre:26} {info.family:20} {f'{h}x{w}x{c}':>11} {info.preprocessing:6} "
-              f"{params:>12}  {info.source}")
+              f"{params:>12}  {info.source}", flush=True)
     print("\n* pretrained weights available (offline: shipped package or --weights-dir)")
     return 0
 
@@ -389,8 +392,14 @@ COMMANDS = {"run": cmd_run, "train": cmd_train, "features": cmd_features,
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``bench ARGS``. Bad input ends in one line on stderr naming the flag or file, the
+    value and what is accepted (exit 2); an unexpected error likewise, with its traceback
+    only under ``--debug`` (anywhere on the line) or ``BENCH_DEBUG=1``."""
     from .train import TrainingDiverged  # numpy only: no JAX on the --help path
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("BENCH_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
@@ -398,15 +407,28 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         if args.command == "speed":
-            return cmd_speed(args, sys.argv[1:] if argv is None else argv)
+            return cmd_speed(args, argv)
         return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, KeyError, TrainingDiverged) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"bench {args.command}: error: {msg}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except (ValueError, FileNotFoundError, KeyError, TrainingDiverged) as e:
+        if debug:
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"bench {args.command}: error: {_one_line(msg)}", file=sys.stderr)
+        return 2
+    except Exception as e:  # an internal error: one line, the traceback behind --debug
+        if debug:
+            raise
+        print(f"bench {args.command}: internal error: {type(e).__name__}: {_one_line(e)} "
+              f"(rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line(msg) -> str:
+    lines = [s.strip() for s in str(msg).splitlines() if s.strip()]
+    return " ".join(lines) if len(lines) <= 3 else " ".join(lines[:3]) + " ..."
 
 
 if __name__ == "__main__":

@@ -43,14 +43,14 @@ def run_ensemble(files: list[Path], out_dir: str | Path, *, cv: int = 5, seed: i
                            Views, compare)
 
     data = [features.load([f]) for f in files]
-    names = [d["backbones"][0] for d in data]
+    names = [d.backbones[0] for d in data]
     if len(set(names)) != len(names):
         raise ValueError(f"two feature files for the same backbone among {files}")
     attrs = [features.read_attrs(f) for f in files]
     fp = {a.get("dataset_fingerprint") for a in attrs}
     if len(fp) != 1:
         raise ValueError(f"feature files come from different data sets: {files}")
-    classes = data[0]["classes"]
+    classes = data[0].classes
 
     def fit_xy(d):
         X = np.concatenate([d["train"][0], d["val"][0]])

@@ -275,8 +275,18 @@ def build_model(cfg: RunConfig, dataset, *, weights=None, download: bool = False
     overrides = dict(cfg.model.model_args)
     if tuple(dataset.image_size) != tuple(info.input_size[:2]):
         overrides = {**size_overrides(cfg.model.name, dataset.image_size[0]), **overrides}
-    return models.create_model(cfg.model.name, num_classes=len(dataset.classes), seed=cfg.seed,
-                               weights=weights, download=download, **overrides)
+    try:
+        return models.create_model(cfg.model.name, num_classes=len(dataset.classes),
+                                   seed=cfg.seed, weights=weights, download=download,
+                                   **overrides)
+    except TypeError as e:  # a builder that passes **kwargs on to its class
+        import re
+
+        m = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if m is None or m[1] not in dict(cfg.model.model_args):
+            raise
+        raise ValueError(f"--model-arg {m[1]}=...: {cfg.model.name} takes no {m[1]!r} "
+                         f"({e})") from None
 
 
 def check_model_args(cfg: RunConfig) -> None:

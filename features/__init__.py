@@ -2,7 +2,7 @@
 embeddings in HDF5 (one file per backbone and dataset), and load several files side by side.
 
 >>> import features
->>> path = features.extract("resnet50", dataset, "cache/features")  # doctest: +SKIP
+>>> path = features.extract("resnet50", dataset, "results/features")  # doctest: +SKIP
 >>> data = features.load([path, other])                              # doctest: +SKIP
 >>> X, y = data["train"]                                             # doctest: +SKIP
 

@@ -149,9 +149,9 @@ def load(paths, splits: Sequence[str] = DEFAULT_SPLITS) -> dict:
       splits: the splits to read.
 
     Returns:
-      ``{split: (X, y) for split in splits}`` with ``X`` float32 ``(N, sum(dims))`` and ``y``
-      int32 ``(N,)``, plus ``backbones``, ``dims`` (feature width of each file, in order),
-      ``classes`` and ``paths``.
+      A :class:`FeatureSet`: ``{split: (X, y) for split in splits}`` with ``X`` float32
+      ``(N, sum(dims))`` and ``y`` int32 ``(N,)``; the metadata as attributes ``backbones``,
+      ``dims`` (feature width of each file, in order), ``classes`` and ``paths``.
 
     Raises:
       ValueError: naming the file when it is unreadable or lacks a split, and naming both
@@ -196,8 +196,30 @@ def load(paths, splits: Sequence[str] = DEFAULT_SPLITS) -> dict:
             backbones.append(attrs.get("backbone", path.stem))
             dims.append(int(attrs.get("feature_dim", parts[splits[0]][-1].shape[1]
                                       if splits else 0)))
-    out: dict = {s: (np.concatenate(parts[s], axis=1), labels[s]) for s in splits}
     classes = first_attrs.get("classes")
-    out.update(backbones=backbones, dims=dims, paths=paths,
-               classes=json.loads(classes) if classes else None)
-    return out
+    return FeatureSet({s: (np.concatenate(parts[s], axis=1), labels[s]) for s in splits},
+                      backbones=backbones, dims=dims, paths=paths,
+                      classes=json.loads(classes) if classes else None)
+
+
+class FeatureSet(Mapping):
+    """What ``load`` returns: a mapping of split name -> ``(X, y)`` and nothing else (so
+    ``for split in data`` sees splits only), with the files' metadata as attributes:
+    ``backbones``, ``dims`` (feature width of each file, in order), ``paths``, ``classes``."""
+
+    def __init__(self, splits: dict, *, backbones, dims, paths, classes):
+        self._splits = dict(splits)
+        self.backbones, self.dims, self.paths, self.classes = backbones, dims, paths, classes
+
+    def __getitem__(self, split):
+        return self._splits[split]
+
+    def __iter__(self):
+        return iter(self._splits)
+
+    def __len__(self) -> int:
+        return len(self._splits)
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{k}: {v[0].shape}" for k, v in self._splits.items())
+        return f"FeatureSet({sizes}; backbones={self.backbones})"

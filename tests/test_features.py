@@ -172,8 +172,9 @@ def test_load_concatenates_row_aligned(extracted, dataset, tmp_path):
         "resnet20", num_classes=0, seed=2))
     both = features.load([extracted, other])
     a, b = features.load(extracted), features.load(other)
-    assert both["dims"] == [64, 64] and both["backbones"] == ["resnet20", "resnet20"]
-    assert both["classes"] == ["cat", "dog", "fox"]
+    assert both.dims == [64, 64] and both.backbones == ["resnet20", "resnet20"]
+    assert both.classes == ["cat", "dog", "fox"]
+    assert set(both) == {"train", "val", "test"}  # the mapping holds splits only
     for name, n in SPLITS:
         x, y = both[name]
         assert x.shape == (n, 128) and x.dtype == np.float32

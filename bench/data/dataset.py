@@ -15,6 +15,7 @@ import numpy as np
 from .cache import CACHE_FORMAT, digest, read_cache, resolve_cache_dir, safe_name, write_cache
 from .decode import RESIZE_METHOD, decode_all
 from .sources import Source, digits_source, path_source, tfds_source
+from .options import Options
 from .splits import Split, make_splits, subset
 
 log = logging.getLogger('bench.data')
@@ -138,19 +139,6 @@ def load_dataset(
 
 # --------------------------------------------------------------------------------------------
 # The pipeline shared by every kind of spec: subset, cache or decode, split.
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-    size: tuple[int, int]
-    seed: int
-    val_fraction: float
-    test_fraction: float
-    progress: bool
-    max_per_class: int | None
-    workers: int
-    cache_dir: Path | None
-    exclude: tuple[str, ...] = ()
 
 
 def _file_name(key) -> str:

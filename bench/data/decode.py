@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
-    from .dataset import Options
+    from .options import Options
     from .sources import Source
 
 log = logging.getLogger('bench.data')

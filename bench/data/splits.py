@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from .dataset import Options
+    from .options import Options
 
 @dataclasses.dataclass
 class Split:
