@@ -10,6 +10,7 @@ devices give the same result as one (up to float summation order).
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Callable
 
 import jax
@@ -266,8 +267,9 @@ def state_to_model(graphdef, state):
 
 
 def predict_log_proba(steps: Steps, state, images: np.ndarray, batch_size: int, mesh: Mesh,
-                      progress=None) -> np.ndarray:
-    """Log-probabilities for uint8 ``images``, in fixed-size padded batches (one compile)."""
+                      progress=None, times: list | None = None) -> np.ndarray:
+    """Log-probabilities for uint8 ``images``, in fixed-size padded batches (one compile).
+    ``times``: a list that gets each batch's seconds (host to device, step, back)."""
     n = len(images)
     batch_size = _round_up(batch_size, mesh.n)
     out = []
@@ -277,8 +279,11 @@ def predict_log_proba(steps: Steps, state, images: np.ndarray, batch_size: int, 
         if real < batch_size:
             chunk = np.concatenate([chunk, np.zeros((batch_size - real,) + chunk.shape[1:],
                                                     chunk.dtype)])
+        t0 = time.perf_counter()
         logp = steps.eval(state, to_global(chunk, mesh.data))
-        out.append(np.asarray(logp)[:real])
+        out.append(np.asarray(logp)[:real])  # blocks until the batch is done
+        if times is not None:
+            times.append(time.perf_counter() - t0)
         if progress is not None:
             progress(real)
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
