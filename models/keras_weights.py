@@ -193,11 +193,12 @@ def _attr_list(group, name: str, path: str = "") -> list[str] | None:
     for part in parts:
         aid = group.attrs.get_id(part)
         count = math.prod(aid.shape or ())
-        if (len(values) + count > MAX_H5_NAMES
-                or aid.get_storage_size() > MAX_H5_ATTR_BYTES):
+        # HDF5 reports a storage size of 0 (an error in h5py) for an empty attribute.
+        nbytes = aid.get_storage_size() if count else 0
+        if len(values) + count > MAX_H5_NAMES or nbytes > MAX_H5_ATTR_BYTES:
             raise WeightsFileError(
                 f"{path or group.file.filename}: attribute {part!r} of {group.name!r} holds "
-                f"{count} entries / {aid.get_storage_size()} bytes, past the reader's limit of "
+                f"{count} entries / {nbytes} bytes, past the reader's limit of "
                 f"{MAX_H5_NAMES} entries / {MAX_H5_ATTR_BYTES} bytes"
             )
         raw = group.attrs[part]

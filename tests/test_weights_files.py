@@ -408,3 +408,13 @@ def test_budget_names_the_limit(tmp_path):
     with pytest.raises(WeightsFileError, match=r"b.pth: .*'w'.* needs 4000 bytes, past the "
                                                r"reader's limit of 1000 bytes"):
         read_torch_state_dict(path, max_bytes=1000)
+
+
+def test_layers_without_weights_have_empty_name_lists(tmp_path):
+    """Keras lists weightless layers with an empty 'weight_names' (HDF5 gives its storage
+    size as 0, which h5py raises on)."""
+    path = tmp_path / "with_input.h5"
+    write_keras_h5(path, {"dense": [np.zeros((4, 8)), np.zeros(8)]},
+                   {"dense": ["kernel", "bias"]}, extra_layer_names=("input_1", "flatten"))
+    assert list(read_keras_h5(path)) == ["dense"]
+    load_keras_h5(_Tiny(), path)
