@@ -17,8 +17,11 @@ A model that is Keras-exact implements ``keras_layers()`` (Keras layer name -> i
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import re
+import zlib
 from typing import Iterable, Mapping, Sequence
 
 import jax.numpy as jnp
@@ -26,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from .layers import glorot_uniform
+from .weights_errors import WeightsFileError
 
 # Layers that belong to Keras' ``include_top=True`` part. They may be absent from a file
 # (``*_notop.h5``) or from the model (``num_classes=0``), or differ in shape (another number
@@ -164,64 +168,218 @@ def keras_weights_of(module) -> list[tuple[str, np.ndarray]]:
 # --------------------------------------------------------------------------------------------
 # The file format.
 
+# What a file may make the readers allocate: arrays (declared shape * itemsize) of at most
+# H5_FILE_FACTOR bytes per byte of the file plus H5_BUDGET_MARGIN, and, loading into a model,
+# only the arrays of the model's shapes. Name lists (attributes) of at most MAX_H5_NAMES
+# entries and MAX_H5_ATTR_BYTES bytes each.
+H5_FILE_FACTOR = 4
+H5_BUDGET_MARGIN = 16 << 20
+MAX_H5_NAMES = 1_000_000
+MAX_H5_ATTR_BYTES = 16 << 20
 
-def _attr_list(group, name: str) -> list[str] | None:
+
+def _attr_list(group, name: str, path: str = "") -> list[str] | None:
     """A string-list attribute; Keras splits long ones into ``name0``, ``name1``, ..."""
     if name in group.attrs:
-        values = list(group.attrs[name])
+        parts = [name]
     elif f"{name}0" in group.attrs:
-        values, i = [], 0
+        parts, i = [], 0
         while f"{name}{i}" in group.attrs:
-            values.extend(group.attrs[f"{name}{i}"])
+            parts.append(f"{name}{i}")
             i += 1
     else:
         return None
+    values: list = []
+    for part in parts:
+        aid = group.attrs.get_id(part)
+        count = math.prod(aid.shape or ())
+        # HDF5 reports a storage size of 0 (an error in h5py) for an empty attribute.
+        nbytes = aid.get_storage_size() if count else 0
+        if len(values) + count > MAX_H5_NAMES or nbytes > MAX_H5_ATTR_BYTES:
+            raise WeightsFileError(
+                f"{path or group.file.filename}: attribute {part!r} of {group.name!r} holds "
+                f"{count} entries / {nbytes} bytes, past the reader's limit of "
+                f"{MAX_H5_NAMES} entries / {MAX_H5_ATTR_BYTES} bytes"
+            )
+        raw = group.attrs[part]
+        values.extend(np.atleast_1d(raw).tolist() if isinstance(raw, np.ndarray) else [raw])
     return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _local(group, relpath: str, path: str, what: str):
+    """``group[relpath]`` through hard links only (Keras writes no other; an external link
+    would open another file); ``None`` when absent."""
+    import h5py
+
+    obj = group
+    for part in relpath.split("/"):
+        if part in ("", "."):
+            continue
+        link = obj.get(part, getlink=True)
+        if link is None:
+            return None
+        if not isinstance(link, h5py.HardLink):
+            raise WeightsFileError(
+                f"{path}: {what} {relpath!r} is reached through a {type(link).__name__}; "
+                "Keras writes only hard links and the reader follows no other"
+            )
+        obj = obj[part]
+    return obj
+
+
+class _H5Budget:
+    """Bytes the readers may still allocate for one file's arrays."""
+
+    def __init__(self, path: str, limit: int):
+        self.path, self.limit, self.used = path, limit, 0
+
+    def spend(self, nbytes: int, what: str) -> None:
+        if self.used + nbytes > self.limit:
+            raise WeightsFileError(
+                f"{self.path}: {what} needs {nbytes} bytes, past the reader's limit of "
+                f"{self.limit} bytes for this file ({self.used} already used)"
+            )
+        self.used += nbytes
+
+
+def _h5_budget(path: str) -> _H5Budget:
+    return _H5Budget(path, H5_FILE_FACTOR * os.path.getsize(path) + H5_BUDGET_MARGIN)
+
+
+def _read_dataset(ds, path: str, what: str, budget: _H5Budget) -> np.ndarray:
+    """A weight array, its declared size checked (and charged) before anything is read.
+
+    Chunked datasets are read chunk by chunk here, not by HDF5: its deflate filter grows its
+    output buffer until the stream ends, so a few-kB chunk of a small dataset could inflate to
+    gigabytes. Only the filters h5py writes for weights (gzip, shuffle) are accepted, and each
+    chunk must inflate to exactly its declared size.
+    """
+    import h5py
+
+    shape, dtype = ds.shape, ds.dtype
+    where = f"{path}: {what}"
+    if shape is None or dtype.kind not in "fiub" or dtype.itemsize > 8 or dtype.fields:
+        raise WeightsFileError(
+            f"{where} is a {dtype} dataset of shape {shape}; weights are numbers")
+    nbytes = math.prod(shape) * dtype.itemsize
+    budget.spend(nbytes, f"{what} (shape {shape}, {dtype})")
+    if ds.is_virtual or ds.external:
+        raise WeightsFileError(
+            f"{where} keeps its data outside the file (virtual or external storage)")
+    if ds.chunks is None:
+        if ds.id.get_create_plist().get_nfilters():
+            raise WeightsFileError(f"{where} has filters but is not chunked")
+        return np.asarray(ds[()]).astype(dtype.newbyteorder("="), copy=False)
+    return _read_chunked(ds, where, nbytes, h5py)
+
+
+def _read_chunked(ds, where: str, nbytes: int, h5py) -> np.ndarray:
+    shape, dtype, chunks = ds.shape, ds.dtype, ds.chunks
+    dcpl = ds.id.get_create_plist()
+    filters = []
+    for i in range(dcpl.get_nfilters()):
+        code, _flags, values, _name = dcpl.get_filter(i)
+        if code not in (h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_SHUFFLE):
+            raise WeightsFileError(
+                f"{where} uses HDF5 filter {code}; the reader accepts only gzip and shuffle")
+        filters.append((i, code))
+    chunk_bytes = math.prod(chunks) * dtype.itemsize
+    if chunk_bytes > nbytes + (1 << 20):
+        raise WeightsFileError(
+            f"{where}: chunks of {chunks} ({chunk_bytes} bytes) for a dataset of {shape} "
+            f"({nbytes} bytes), past the reader's limit of {nbytes + (1 << 20)}"
+        )
+    out = np.full(shape, ds.fillvalue, dtype)
+    file_size = os.path.getsize(ds.file.filename)
+    for n in range(ds.id.get_num_chunks()):
+        info = ds.id.get_chunk_info(n)
+        offset = tuple(info.chunk_offset)
+        if (info.size > file_size or len(offset) != len(shape)
+                or any(o % c or o >= s for o, c, s in zip(offset, chunks, shape))):
+            raise WeightsFileError(
+                f"{where}: chunk {n} at {offset} of {info.size} bytes does not fit the dataset "
+                f"{shape} / chunks {chunks} in a file of {file_size} bytes")
+        mask, data = ds.id.read_direct_chunk(offset)
+        for i, code in reversed(filters):
+            if mask & (1 << i):
+                continue
+            if code == h5py.h5z.FILTER_DEFLATE:
+                d = zlib.decompressobj()
+                try:
+                    data = d.decompress(data, chunk_bytes)
+                except zlib.error as e:
+                    raise WeightsFileError(f"{where}: chunk {n} is not valid gzip ({e})")
+                if not d.eof or d.unconsumed_tail or len(data) != chunk_bytes:
+                    raise WeightsFileError(
+                        f"{where}: chunk {n} does not inflate to exactly its {chunk_bytes} "
+                        "bytes (refused at that limit)")
+            else:  # shuffle: byte k of every element, then byte k + 1, ...
+                if len(data) != chunk_bytes:
+                    raise WeightsFileError(f"{where}: chunk {n} has {len(data)} bytes, "
+                                           f"expected {chunk_bytes}")
+                data = (np.frombuffer(data, np.uint8).reshape(dtype.itemsize, -1).T.tobytes())
+        if len(data) != chunk_bytes:
+            raise WeightsFileError(
+                f"{where}: chunk {n} has {len(data)} bytes, expected {chunk_bytes}")
+        block = np.frombuffer(data, dtype).reshape(chunks)
+        region = tuple(slice(o, min(o + c, s)) for o, c, s in zip(offset, chunks, shape))
+        out[region] = block[tuple(slice(0, r.stop - r.start) for r in region)]
+    return out.astype(dtype.newbyteorder("="), copy=False)
 
 
 _Named = dict[str, list[tuple[str, np.ndarray]]]  # layer -> [(weight name, array)]
 
 
-def _read_named(path: str | os.PathLike) -> tuple[list[str], _Named]:
-    """All layer names of a Keras-2 file, and ``{layer: [(weight name, array)]}`` for those
-    that have weights."""
+@contextlib.contextmanager
+def _open_named(path: str):
+    """Open a Keras-2 file: all its layer names, and ``{layer: [(weight name, dataset)]}`` for
+    those that have weights. Datasets are h5py objects, not read yet (their ``shape`` is the
+    declared one); valid while the ``with`` block lasts."""
     import h5py
 
-    path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such weights file")
     try:
         f = h5py.File(path, "r")
     except OSError as e:
-        raise ValueError(
+        raise WeightsFileError(
             f"{path}: not an HDF5 file ({e}); expected a Keras-2 .h5 weights file"
         ) from None
     with f:
         root = f
-        if _attr_list(f, "layer_names") is None and "model_weights" in f:
-            root = f["model_weights"]  # a whole model saved with model.save("x.h5")
-        names = _attr_list(root, "layer_names")
+        if _attr_list(f, "layer_names", path) is None and "model_weights" in f:
+            root = _local(f, "model_weights", path, "group")  # a model.save("x.h5") file
+        names = _attr_list(root, "layer_names", path)
         if names is None:
             hint = ""
             if "layers" in f or "vars" in f:
                 hint = (" It looks like a Keras 3 '.weights.h5' file: save with "
                         "keras.src.legacy.saving.legacy_h5_format or Keras 2.")
-            raise ValueError(
+            raise WeightsFileError(
                 f"{path}: an HDF5 file but not in the Keras-2 weights layout (no 'layer_names' "
                 f"attribute at its root or under 'model_weights'; top-level keys: "
                 f"{sorted(f.keys())[:8]}).{hint}"
             )
-        layers: _Named = {}
+        layers: dict[str, list] = {}
         for name in names:
-            if name not in root:
-                raise ValueError(
+            group = _local(root, name, path, "layer")
+            if not isinstance(group, h5py.Group):
+                raise WeightsFileError(
                     f"{path}: layer {name!r} is listed in 'layer_names' but has no group"
                 )
-            group = root[name]
-            weight_names = _attr_list(group, "weight_names") or []
-            if weight_names:
-                layers[name] = [(w, np.asarray(group[w])) for w in weight_names]
-    return names, layers
+            weight_names = _attr_list(group, "weight_names", path) or []
+            weights = []
+            for w in weight_names:
+                ds = _local(group, w, path, f"layer {name!r}: weight")
+                if not isinstance(ds, h5py.Dataset):
+                    raise WeightsFileError(
+                        f"{path}: layer {name!r}: weight {w!r} is listed in its "
+                        "'weight_names' but the file has no such dataset"
+                    )
+                weights.append((w, ds))
+            if weights:
+                layers[name] = weights
+        yield names, layers
 
 
 def read_keras_h5(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
@@ -235,10 +393,15 @@ def read_keras_h5(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
       ``{layer name: [arrays in Keras order]}`` for every layer that has weights, in file order.
 
     Raises:
-      ValueError: naming the file, when it is not HDF5 or not in the Keras-2 layout.
+      WeightsFileError: (a ``ValueError``) naming the file, when it is not HDF5, not in the
+        Keras-2 layout, lacks a listed weight, or declares more data than
+        ``H5_FILE_FACTOR`` times its size (a compressed bomb).
     """
-    _, layers = _read_named(path)
-    return {name: [a for _, a in ws] for name, ws in layers.items()}
+    path = os.fspath(path)
+    budget = _h5_budget(path)
+    with _open_named(path) as (_, layers):
+        return {name: [_read_dataset(ds, path, f"layer {name!r}: weight {w!r}", budget)
+                       for w, ds in ws] for name, ws in layers.items()}
 
 
 def guess_architecture(layer_names: Iterable[str]) -> str | None:
@@ -315,11 +478,19 @@ def load_keras_h5(model, path: str | os.PathLike) -> list[str]:
       The names of the top layers that were skipped.
 
     Raises:
-      ValueError: naming the file and the first mismatching layer (and the architecture the
-        file seems to be for).
+      WeightsFileError: (a ``ValueError``) naming the file and the first mismatching layer
+        (and the architecture the file seems to be for), or a weight it cannot read safely.
+        Only datasets of exactly the model's shapes are read.
     """
     path = os.fspath(path)
-    all_names, file_layers = _read_named(path)
+    budget = _h5_budget(path)
+    with _open_named(path) as (all_names, file_layers):
+        return _load_named(model, path, all_names, file_layers, budget)
+
+
+def _load_named(model, path: str, all_names, file_layers, budget) -> list[str]:
+    """``load_keras_h5`` on an open file: match every layer's declared shapes to the model,
+    then read only the datasets that will be assigned (each of its slot's exact shape)."""
     model_layers = model.keras_layers()
     top = set(getattr(model, "keras_top_layers", DEFAULT_TOP_LAYERS))
     arch = guess_architecture(all_names)
@@ -327,9 +498,9 @@ def load_keras_h5(model, path: str | os.PathLike) -> list[str]:
 
     def fail(msg: str):
         seems = f" The file seems to be for {arch}." if arch else ""
-        raise ValueError(f"{path}: {msg} (loading into {model_name}).{seems}")
+        raise WeightsFileError(f"{path}: {msg} (loading into {model_name}).{seems}")
 
-    plan: list[tuple[nnx.Variable, np.ndarray]] = []
+    plan: list[tuple[nnx.Variable, str, object]] = []
     skipped: list[str] = []
     for name, module in model_layers.items():
         slots = _slots(module)
@@ -340,7 +511,7 @@ def load_keras_h5(model, path: str | os.PathLike) -> list[str]:
             fail(f"layer {name!r} of the model is missing from the file")
         weights = _in_role_order(file_layers[name], [r for r, _, _ in slots])
         expected = [s for _, _, s in slots]
-        got = [tuple(a.shape) for _, a in weights]
+        got = [tuple(ds.shape) if ds.shape is not None else None for _, ds in weights]
         if expected != got:
             if name in top:
                 skipped.append(name)
@@ -349,15 +520,16 @@ def load_keras_h5(model, path: str | os.PathLike) -> list[str]:
                 f"layer {name!r}: the file has weights {_fmt(weights)}, the model expects "
                 f"{[(r, s) for r, _, s in slots]}"
             )
-        for (_, var, _), (_, arr) in zip(slots, weights):
-            plan.append((var, arr))
+        for (_, var, _), (w, ds) in zip(slots, weights):
+            plan.append((var, f"layer {name!r}: weight {w!r}", ds))
     for name in file_layers:
         if name not in model_layers:
             if name in top:
                 skipped.append(name)
                 continue
             fail(f"the file has layer {name!r}, which the model does not have")
-    for var, arr in plan:
+    arrays = [(var, _read_dataset(ds, path, what, budget)) for var, what, ds in plan]
+    for var, arr in arrays:
         var[...] = jnp.asarray(arr.reshape(var.shape), dtype=var.dtype)
     return skipped
 
@@ -377,8 +549,8 @@ def _in_role_order(weights: list[tuple[str, np.ndarray]], roles: list[str]):
     return [by_name[r] for r in roles]
 
 
-def _fmt(weights: list[tuple[str, np.ndarray]]) -> list[tuple[str, tuple[int, ...]]]:
-    return [(_short(w), tuple(a.shape)) for w, a in weights]
+def _fmt(weights) -> list[tuple[str, tuple[int, ...] | None]]:
+    return [(_short(w), None if a.shape is None else tuple(a.shape)) for w, a in weights]
 
 
 # Keras' automatic layer names (InceptionV3, InceptionResNetV2 and Xception leave their

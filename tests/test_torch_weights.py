@@ -57,8 +57,11 @@ def _emit(obj, out: bytearray) -> None:
         out += pickle.NONE
     elif obj is True or obj is False:
         out += pickle.NEWTRUE if obj else pickle.NEWFALSE
-    elif isinstance(obj, int):
+    elif isinstance(obj, int) and -(1 << 31) <= obj < (1 << 31):
         out += pickle.BININT + struct.pack("<i", obj)
+    elif isinstance(obj, int):  # shapes past 2**31, as torch pickles them
+        data = pickle.encode_long(obj)
+        out += pickle.LONG1 + bytes([len(data)]) + data
     elif isinstance(obj, str):
         data = obj.encode("utf-8")
         out += pickle.BINUNICODE + struct.pack("<I", len(data)) + data
