@@ -116,7 +116,7 @@ def test_seeds_configs_and_missing_data(tmp_path, capsys):
     c0 = configs_000(tmp_path)
     assert {c.model.name for c in c0} >= {"basic_cnn", "deeper_cnn", "resnet20", "vgg16_cut",
                                      "inception_resnet_small", "efficientnet_lite0"}
-    assert all(c.image_size == 64 for c in c0 if c.weights is None)
+    assert all(c.data.image_size == 64 for c in c0 if c.model.weights is None)
     grid = configs_002(tmp_path)
     assert len({c.model.model_args for c in grid}) == len(grid) == 6
     assert [c.model.name for c in configs_003(tmp_path)] == ["benchmark_cnn", "mobilenet_v2",
