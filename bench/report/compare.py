@@ -18,10 +18,10 @@ from runtime import io as bio
 
 from . import schema
 
-# metric -> True when higher is better; the run and speed metrics are the schema's columns
-# with a direction (``Column.better``).
+# metric -> True when higher is better: the schema's columns with a direction
+# (``Column.better``).
 SPEED_METRICS = schema.metrics(schema.SPEED_HTML)
-PYTEST_BENCHMARK_METRICS = {"median_s": False}
+PYTEST_BENCHMARK_METRICS = schema.metrics(schema.PYTEST_BENCHMARK)
 SUMMARY_METRICS = schema.metrics(schema.SUMMARY_CSV)
 
 

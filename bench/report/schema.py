@@ -79,6 +79,10 @@ def sig3(v, grouped: bool = False) -> str:
     return "" if _missing(v) else f"{v:.3g}"
 
 
+def sig4(v, grouped: bool = False) -> str:
+    return "" if _missing(v) else f"{v:.4g}"
+
+
 def text(v, grouped: bool = False) -> str:
     return "" if v is None else str(v)
 
@@ -211,6 +215,8 @@ COLUMNS: dict[str, Column] = {c.key: c for c in (
     Column("infer_mfu", "infer MFU", pct1),
     Column("train_compile_s", "compile s", number),
     Column("note", "note", text),
+    # pytest-benchmark rows (--benchmark-json)
+    Column("median_s", "median s", sig4, "lower"),
 )}
 
 
@@ -256,6 +262,7 @@ ENSEMBLE_MD = columns(
 SEEDS_ENSEMBLE = columns(
     ("tag", "method"), ("accuracy", "test acc"), "log_loss", "log_loss_vs_best", "ece",
     ("infer_img_per_s", "img/s"), "best")
+PYTEST_BENCHMARK = columns("median_s")
 # Columns whose best value per data set a markdown table marks in bold.
 BOLD_BEST = ("accuracy",)
 
@@ -325,9 +332,10 @@ def migrate_record(rec: dict) -> dict:
     if not isinstance(cfg, dict):
         return rec
     if version == 1:
-        from bench.config import migrate
+        from bench.config import CONFIG_VERSION, migrate
 
-        cfg = migrate(cfg)
+        # as bench.config.to_dict writes it (version 2 records), so from_dict reads it again
+        cfg = {**migrate(cfg), "config_version": CONFIG_VERSION}
         rec["config"] = cfg
         rec["record_version"] = RECORD_VERSION
     rec.setdefault("precision", cfg.get("precision") or "fp32")
