@@ -384,7 +384,8 @@ def seeds_markdown(results: dict, timings: dict, total: float, root: Path, plots
               "accuracy 99.4%, Kaggle test log-loss 0.04150 (concatenated head); single ResNet50 "
               "val loss 0.0419. vs best: log-loss minus the best row's, 95% paired bootstrap "
               "interval over the test images.", "",
-              *schema.markdown_table(schema.ensemble_rows(r1["rows"]), schema.SEEDS_ENSEMBLE)]
+              *schema.markdown_table(schema.ensemble_rows(r1["rows"]),
+                                     schema.SEEDS_ENSEMBLE)]
         ext = ", ".join(f"{k} {v:.0f} s" for k, v in r1["extract_s"].items() if v)
         L += ["", f"Feature extraction (cached in `features/`, reused on a rerun): {ext}. With "
               "400 test images, log-loss differences of a few thousandths are within noise.",
