@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="regenerate summary.csv / summary.md from run records")
     p.add_argument("dir", nargs="?", default=DEFAULT_OUT)
     p.add_argument("--title")
+    p.add_argument("--force", action="store_true",
+                   help="replace tables even with fewer rows than they have (by default a "
+                        "table is kept when its run records are missing)")
 
     from .inspect_options import add_inspect_parser
 
@@ -329,20 +332,29 @@ def cmd_compare(args) -> int:
 
 def cmd_report(args) -> int:
     from .report.html import write_html, write_plots
-    from .report.tables import write_summary
+    from .report.tables import table_rows, write_summary
 
+    out = Path(args.dir)
     # A seeds-suite folder keeps its report-beside-ours summary.md; the plain table is runs.md.
-    seeds = Path(args.dir, "seeds.json").exists()
+    seeds = (out / "seeds.json").exists()
     md = "runs.md" if seeds else "summary.md"
-    rows = write_summary(args.dir, args.title, md_name=md)
-    html = write_html(args.dir, title=args.title)
-    plots = write_plots(args.dir)
-    written = [Path(args.dir) / "summary.csv", Path(args.dir) / md, html]
+    tables = [out / "summary.csv", out / md, out / "report.html"]
+    before = {p: (p.stat().st_mtime_ns if p.exists() else None) for p in tables}
+    had = max((table_rows(p) or 0) for p in tables)
+    rows = write_summary(out, args.title, md_name=md, force=args.force)
+    # Fewer runs than the tables had (run records absent, as in a fresh clone): the report
+    # page and the plots are not redone from less either.
+    plots = []
+    if args.force or len(rows) >= had:
+        write_html(out, title=args.title, force=args.force)
+        plots = write_plots(out)
+    written = [p for p in tables if p.exists() and p.stat().st_mtime_ns != before[p]]
     if seeds:
         from .suites.seeds import rewrite_summary
 
-        written.append(rewrite_summary(args.dir))
-    print(Path(args.dir, md).read_text())
+        written.append(rewrite_summary(out))
+    if (out / md).exists():
+        print((out / md).read_text())
     print(f"{len(rows)} runs; wrote", *written, *plots, sep="\n  ")
     return 0
 

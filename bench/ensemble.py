@@ -140,13 +140,8 @@ def ensemble_markdown(rows: list[dict], eps: float) -> str:
              "15 equal-width bins; img/s = backbone extraction rate (combined for ensembles); "
              "vs best: log-loss minus the best row's, with a 95% paired bootstrap interval over "
              "the test images (an interval containing 0: within the split's noise).",
-             "", "| method | accuracy | top-5 | log-loss | vs best [95% CI] | ECE | img/s | best |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        top5 = "" if r["top5_accuracy"] is None else f"{100 * r['top5_accuracy']:.2f}%"
-        ips = "" if r["infer_img_per_s"] is None else f"{r['infer_img_per_s']:.1f}"
-        vb = r.get("log_loss_vs_best")
-        vs = "" if not vb or r["best"] else f"{vb['diff']:+.4f} [{vb['lo']:+.4f}, {vb['hi']:+.4f}]"
-        lines.append(f"| {r['tag']} | {100 * r['accuracy']:.2f}% | {top5} | {r['log_loss']:.4f} "
-                     f"| {vs} | {r['ece']:.4f} | {ips} | {'**best**' if r['best'] else ''} |")
+             ""]
+    from .report import schema
+
+    lines += schema.markdown_table(schema.ensemble_rows(rows), schema.ENSEMBLE_MD)
     return "\n".join(lines) + "\n"

@@ -95,15 +95,17 @@ def group_run(run_dir: str | Path, n_groups: int | None = None, *,
 
 
 def group_markdown(r: dict) -> str:
+    from .report.schema import pct
+
     lines = [f"{r['tag']} ({r['run_id']}): {r['n_classes']} classes -> {r['n_groups']} groups "
              f"({r['method']}, chosen on {r['chosen_on']}; scored on {r['n_test']} test images)",
              "", "| | accuracy |", "|---|---|",
-             f"| classes | {100 * r['accuracy']:.2f}% |",
-             f"| groups (argmax class -> its group) | {100 * r['grouped_accuracy']:.2f}% |",
+             f"| classes | {pct(r['accuracy'])} |",
+             f"| groups (argmax class -> its group) | {pct(r['grouped_accuracy'])} |",
              f"| groups (argmax of summed probabilities) | "
-             f"{100 * r['grouped_accuracy_summed_proba']:.2f}% |",
+             f"{pct(r['grouped_accuracy_summed_proba'])} |",
              f"| random groupings of the same sizes (mean of 200) | "
-             f"{100 * r['random_grouping_accuracy']:.2f}% |", "", "Groups:"]
+             f"{pct(r['random_grouping_accuracy'])} |", "", "Groups:"]
     for name, members in r["groups"].items():
         if len(members) > 1:
             lines.append(f"- {', '.join(members)}")

@@ -16,11 +16,13 @@ from pathlib import Path
 
 from runtime import io as bio
 
-# metric -> True when higher is better.
-SPEED_METRICS = {"train_img_per_s": True, "infer_img_per_s": True}
-PYTEST_BENCHMARK_METRICS = {"median_s": False}
-SUMMARY_METRICS = {"accuracy": True, "top5_accuracy": True, "log_loss": False,
-                   "train_img_per_s": True, "infer_img_per_s": True}
+from . import schema
+
+# metric -> True when higher is better: the schema's columns with a direction
+# (``Column.better``).
+SPEED_METRICS = schema.metrics(schema.SPEED_HTML)
+PYTEST_BENCHMARK_METRICS = schema.metrics(schema.PYTEST_BENCHMARK)
+SUMMARY_METRICS = schema.metrics(schema.SUMMARY_CSV)
 
 
 def read_metrics(path: str | Path) -> tuple[str, dict[str, dict[str, float]], dict]:
@@ -38,20 +40,24 @@ def read_metrics(path: str | Path) -> tuple[str, dict[str, dict[str, float]], di
     if isinstance(data, dict) and isinstance(data.get("benchmarks"), list):
         out = {}
         for b in data["benchmarks"]:
-            out[b.get("fullname") or b["name"]] = {"median_s": b["stats"]["median"]}
+            out[_unique(b.get("fullname") or b["name"], out)] = {
+                "median_s": b["stats"]["median"]}
         return "pytest-benchmark", out, PYTEST_BENCHMARK_METRICS
     if isinstance(data, dict) and isinstance(data.get("rows"), list):
         out = {}
         for r in data["rows"]:
             key = f"{r['model']} [{r.get('framework', 'jax')}, {r.get('precision', 'fp32')}, " \
                   f"{r.get('image_size')}px]"
-            out[key] = {m: r.get(m) for m in SPEED_METRICS}
+            out[_unique(key, out)] = {m: r.get(m) for m in SPEED_METRICS}
         return "speed", out, SPEED_METRICS
     raise ValueError(f"{path}: not a bench speed.json (a 'rows' list) nor a pytest-benchmark "
                      "JSON file (a 'benchmarks' list)")
 
 
 def _read_summary(path: Path) -> dict[str, dict[str, float]]:
+    """Rows keyed by ``tag [dataset] run_id`` (run ids are unique per config; two runs of
+    one model on one data set stay two rows). A row without a run id, or a repeated key,
+    gets a ``#2``, ``#3`` suffix: no row is dropped."""
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or "accuracy" not in reader.fieldnames:
@@ -60,8 +66,19 @@ def _read_summary(path: Path) -> dict[str, dict[str, float]]:
         out = {}
         for r in reader:
             key = f"{r.get('tag') or r.get('model')} [{r.get('dataset')}]"
-            out[key] = {m: _number(r.get(m)) for m in SUMMARY_METRICS}
+            if r.get("run_id"):
+                key += f" {r['run_id']}"
+            out[_unique(key, out)] = {m: _number(r.get(m)) for m in SUMMARY_METRICS}
     return out
+
+
+def _unique(key: str, taken) -> str:
+    """``key``, or ``key #2``, ``#3``... when taken: rows are never dropped silently."""
+    base, n = key, 1
+    while key in taken:
+        n += 1
+        key = f"{base} #{n}"
+    return key
 
 
 def _number(v) -> float | None:
@@ -111,7 +128,8 @@ def compare_table(rows: list[dict]) -> str:
     for r in rows:
         change = "" if r["change"] is None else f"{100 * r['change']:+.1f}%"
         cells.append(("!!" if r["status"] == "regression" else "", r["key"], r["metric"],
-                      _fmt(r["a"]), _fmt(r["b"]), change, r["status"]))
+                      _fmt(r["metric"], r["a"]), _fmt(r["metric"], r["b"]), change,
+                      r["status"]))
     widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     lines.insert(1, "-" * len(lines[0]))
@@ -120,9 +138,12 @@ def compare_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _fmt(v) -> str:
+def _fmt(metric: str, v) -> str:
+    """The schema's formatter for a run or speed metric; otherwise 4 significant digits."""
     if v is None:
         return "-"
+    if metric in schema.COLUMNS and not (isinstance(v, float) and math.isinf(v)):
+        return schema.fmt(metric, v, grouped=True) or "-"
     if abs(v) >= 100:
         return f"{v:,.1f}"
     return f"{v:.4g}"

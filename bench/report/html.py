@@ -19,28 +19,12 @@ import time
 from pathlib import Path
 
 from runtime import io as bio
-from .tables import load_records, summary_row
+from . import schema
+from .tables import keep_larger, load_records, summary_row, wrap_title
 
 PLOT_NAMES = ("accuracy_vs_throughput", "accuracy_vs_size", "training_curves", "confusion")
 MAX_CURVES = 8  # runs with training curves (the most accurate ones)
 MAX_CONFUSIONS = 4  # runs with a confusion matrix
-
-_TABLE_COLUMNS = (
-    ("tag", "run"), ("model", "model"), ("dataset", "data"), ("status", "status"),
-    ("epochs", "epochs"), ("accuracy", "acc"), ("top5_accuracy", "top-5"),
-    ("log_loss", "log-loss"), ("train_img_per_s", "train img/s"),
-    ("infer_img_per_s", "infer img/s"), ("params_total", "params"),
-    ("weights_bytes", "size MB"), ("compile_s", "compile s"), ("wall_s", "wall s"),
-    ("device", "device"),
-)
-_SPEED_COLUMNS = (
-    ("model", "model"), ("framework", "framework"), ("precision", "prec"),
-    ("image_size", "size"), ("batch", "batch"), ("train_img_per_s", "train img/s"),
-    ("infer_img_per_s", "infer img/s"), ("train_step_ms", "train ms"),
-    ("infer_step_ms", "infer ms"), ("params", "params"),
-    ("infer_gflops_per_img", "GFLOPs/img"), ("train_mfu", "train MFU"),
-    ("infer_mfu", "infer MFU"), ("train_compile_s", "compile s"), ("note", "note"),
-)
 
 _SORT_SCRIPT = """
 document.querySelectorAll('table.sortable th').forEach(function (th, col) {
@@ -158,7 +142,7 @@ def plot_training_curves(records: list[dict], top: int = MAX_CURVES):
                     ax.plot(ep, ys, style, label=prefix.rstrip("_"))
             ax.set_ylabel(metric)
             ax.grid(True, alpha=0.3)
-        a1.set_title(_label(rec), fontsize=9, loc="left")
+        a1.set_title(wrap_title(_label(rec), 4, 9), fontsize=9, loc="left")
         a2.legend(fontsize=7)
     from matplotlib.ticker import MaxNLocator
 
@@ -193,7 +177,8 @@ def plot_confusions(records: list[dict], top: int = MAX_CONFUSIONS):
                 for j in range(n):
                     ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
                             color="white" if norm[i, j] > 0.5 else "black")
-        ax.set_title(f"{_label(rec)}\n{100 * rec['accuracy']:.2f}%", fontsize=9)
+        ax.set_title(wrap_title(f"{_label(rec)}\n{100 * rec['accuracy']:.2f}%", 4, 9),
+                     fontsize=9)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
     fig.tight_layout()
@@ -237,60 +222,60 @@ def _png_base64(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _cell(key: str, v) -> tuple[str, str]:
-    """``(sort value, displayed text)`` of a table cell."""
+def _cell(col: schema.Column, v) -> tuple[str, str]:
+    """``(sort value, displayed text)`` of a table cell (the schema's formatter, floats
+    with thousands separators)."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "", ""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return str(v), str(v)
-    if key in ("accuracy", "top5_accuracy"):
-        text = f"{100 * v:.2f}%"
-    elif key.endswith("_mfu"):
-        text = f"{100 * v:.1f}%"
-    elif key == "log_loss":
-        text = f"{v:.4f}"
-    elif key == "weights_bytes":
-        text = f"{v / 1e6:.2f}"
-    elif key in ("params_total", "params"):
-        text = f"{v / 1e6:.2f}M" if v >= 1e5 else f"{v:,}"
-    elif key.endswith("_gflops_per_img"):
-        text = f"{v:.3g}"
-    elif isinstance(v, float):
-        text = f"{v:,.1f}"
-    else:
-        text = str(v)
-    return repr(v), text
+    return repr(v), schema.fmt(col, v, grouped=True)
 
 
 def _table(rows: list[dict], columns) -> str:
     out = ['<table class="sortable"><thead><tr>']
-    out += [f"<th>{html.escape(h)}</th>" for _, h in columns]
+    out += [f"<th>{html.escape(c.header)}</th>" for c in columns]
     out.append("</tr></thead><tbody>")
     for r in rows:
         out.append("<tr>")
-        for key, _ in columns:
-            sort, text = _cell(key, r.get(key))
+        for c in columns:
+            sort, text = _cell(c, r.get(c.key))
             out.append(f'<td data-v="{html.escape(sort, quote=True)}">{html.escape(text)}</td>')
         out.append("</tr>")
     out.append("</tbody></table>")
     return "".join(out)
 
 
+def default_title(out_dir: str | Path) -> str:
+    """``bench report: <parent>/<folder>`` (the seeds suite named as such): the folder's
+    last two path parts, so that ``results`` reads ``bench report: repo/results``."""
+    p = Path(out_dir).resolve()
+    where = "/".join(p.parts[-2:]) if len(p.parts) > 1 else str(p)
+    if (p / "seeds.json").is_file():
+        return f"bench report: seeds suite ({where})"
+    return f"bench report: {where}"
+
+
 def write_html(out_dir: str | Path, records: list[dict] | None = None,
-               title: str | None = None) -> Path:
+               title: str | None = None, *, force: bool = False) -> Path:
     """Write ``out_dir/report.html`` from ``records`` (default: the run records under
-    ``out_dir``, as ``bench.report.load_records`` finds them) and return its path."""
+    ``out_dir``, as ``bench.report.load_records`` finds them) and return its path. An
+    existing report with more runs is kept (with a warning) unless ``force``."""
     out_dir = Path(out_dir)
     records = load_records(out_dir) if records is None else records
-    title = title or f"Results: {out_dir.resolve().name}"
+    path = out_dir / "report.html"
+    if not keep_larger(path, len(records), force):
+        return path
+    title = title or default_title(out_dir)
     rows = [summary_row(r) for r in records]
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
-        f'<p class="meta">{len(records)} runs; generated {time.strftime("%Y-%m-%d %H:%M")}'
-        " by <code>bench report</code>. Click a column header to sort.</p>",
-        "<h2>Runs</h2>", _table(rows, _TABLE_COLUMNS),
+        f'<p class="meta" data-runs="{len(records)}">{len(records)} runs; generated '
+        f'{time.strftime("%Y-%m-%d %H:%M")} by <code>bench report</code>. Click a column '
+        "header to sort.</p>",
+        "<h2>Runs</h2>", _table(rows, schema.SUMMARY_HTML),
     ]
     speed_path = out_dir / "speed.json"
     if speed_path.is_file():
@@ -300,7 +285,7 @@ def write_html(out_dir: str | Path, records: list[dict] | None = None,
                       f'<p class="meta">{html.escape(str(speed.get("device", "")))}; '
                       f'{html.escape(str(speed.get("date", "")))}; '
                       f'<code>{html.escape(str(speed.get("command", "")))}</code></p>',
-                      _table(speed.get("rows") or [], _SPEED_COLUMNS)]
+                      _table(speed.get("rows") or [], schema.SPEED_HTML)]
         except (json.JSONDecodeError, AttributeError) as e:
             parts.append(f"<p>{html.escape(str(speed_path))}: unreadable ({e})</p>")
     plt = _plt()
@@ -313,6 +298,5 @@ def write_html(out_dir: str | Path, records: list[dict] | None = None,
                   f'<img alt="{name}" src="data:image/png;base64,{_png_base64(fig)}">']
         plt.close(fig)
     parts += [f"<script>{_SORT_SCRIPT}</script>", "</body></html>"]
-    path = out_dir / "report.html"
     bio.write_text(path, "\n".join(parts) + "\n")
     return path

@@ -5,27 +5,24 @@ from __future__ import annotations
 
 import csv
 import io
-import math
+import re
+import sys
+import textwrap
 from pathlib import Path
 
 from runtime import io as bio
 
-SUMMARY_COLUMNS = (
-    "run_id", "tag", "model", "dataset", "status", "epochs", "accuracy", "top5_accuracy",
-    "log_loss", "train_img_per_s", "epoch_img_per_s", "infer_img_per_s", "params_total",
-    "params_trainable", "weights_bytes", "compile_s", "wall_s", "device",
-)
-_MD_COLUMNS = (
-    ("tag", "run"), ("dataset", "data"), ("epochs", "epochs"), ("accuracy", "acc"),
-    ("top5_accuracy", "top-5"), ("log_loss", "log-loss"), ("train_img_per_s", "train img/s"),
-    ("infer_img_per_s", "infer img/s"), ("params_total", "params"),
-    ("weights_bytes", "size MB"), ("wall_s", "wall s"),
-)
+from . import schema
+from .schema import migrate_record, summary_row  # noqa: F401  (re-exported)
+
+# The column keys of summary.csv (the schema's SUMMARY_CSV), for callers that index by name.
+SUMMARY_KEYS = tuple(c.key for c in schema.SUMMARY_CSV)
 
 
 def load_records(out_dir: str | Path) -> list[dict]:
-    """All run records under ``out_dir`` (``runs/*/record.json`` and ``*.record.json`` rows
-    added by other tools such as ensembles), oldest first."""
+    """All run records under ``out_dir`` (``runs/*/record.json`` and ``rows/*.json`` rows
+    added by other tools such as ensembles), migrated to the current record version
+    (``schema.migrate_record``), oldest first."""
     out_dir = Path(out_dir)
     if not out_dir.exists():
         raise FileNotFoundError(f"{out_dir}: no such results directory")
@@ -33,83 +30,77 @@ def load_records(out_dir: str | Path) -> list[dict]:
     records = []
     for p in paths:
         try:
-            records.append(bio.read_json(p))
+            rec = bio.read_json(p)
         except ValueError as e:
             print(f"warning: skipping {e}")
+            continue
+        try:
+            rec = migrate_record(rec)
+        except ValueError as e:  # an unreadable config: keep the row, say so
+            print(f"warning: {p}: config not migrated ({e})")
+        records.append(rec)
     records.sort(key=lambda r: r.get("finished") or "")
     return records
 
 
-def summary_row(rec: dict) -> dict:
-    ds = rec.get("dataset")
-    dev = rec.get("device") or {}
-    return {
-        "run_id": rec.get("run_id"), "tag": rec.get("tag") or rec.get("model"),
-        "model": rec.get("model"),
-        "dataset": ds.get("name") if isinstance(ds, dict) else ds,
-        "status": rec.get("status"), "epochs": rec.get("epochs_completed"),
-        "accuracy": rec.get("accuracy"), "top5_accuracy": rec.get("top5_accuracy"),
-        "log_loss": rec.get("log_loss"), "train_img_per_s": rec.get("train_img_per_s"),
-        "epoch_img_per_s": rec.get("epoch_img_per_s"),
-        "infer_img_per_s": rec.get("infer_img_per_s"), "params_total": rec.get("params_total"),
-        "params_trainable": rec.get("params_trainable"),
-        "weights_bytes": rec.get("weights_bytes"), "compile_s": rec.get("compile_s"),
-        "wall_s": rec.get("wall_s"),
-        "device": f"{dev.get('count', '')}x {dev.get('kind', '')}".strip() if dev else "",
-    }
-
-
-def _fmt(key: str, v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    if key in ("accuracy", "top5_accuracy"):
-        return f"{100 * v:.2f}%"
-    if key == "log_loss":
-        return f"{v:.4f}"
-    if key == "weights_bytes":
-        return f"{v / 1e6:.2f}"
-    if key == "params_total":
-        return f"{v / 1e6:.2f}M" if v >= 1e5 else f"{v:,}"
-    if isinstance(v, float):
-        return f"{v:.1f}"
-    return str(v)
-
-
 def summary_markdown(rows: list[dict], title: str | None = None) -> str:
+    """The summary table; each data set's best accuracy in bold."""
     lines = [f"# {title}", ""] if title else []
-    lines.append("| " + " | ".join(h for _, h in _MD_COLUMNS) + " |")
-    lines.append("|" + "|".join("---" for _ in _MD_COLUMNS) + "|")
-    best = {}
-    done = [r for r in rows if r.get("status") == "complete" and r.get("accuracy") is not None]
-    for key in ("accuracy",):
-        if done:
-            best[key] = max(r[key] for r in done)
-    for r in rows:
-        cells = []
-        for key, _ in _MD_COLUMNS:
-            s = _fmt(key, r.get(key))
-            if key in best and r.get(key) == best[key] and s:
-                s = f"**{s}**"
-            cells.append(s)
+    table = schema.markdown_table(rows, schema.SUMMARY_MD, bold_best=schema.BOLD_BEST)
+    for i, r in enumerate(rows):
         if r.get("status") not in (None, "complete"):
-            cells[0] = f"{cells[0]} ({r.get('status')})"
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+            head, rest = table[2 + i][2:].split(" | ", 1)
+            table[2 + i] = f"| {head} ({r.get('status')}) | {rest}"
+    return "\n".join(lines + table) + "\n"
+
+
+def summary_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=SUMMARY_KEYS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in SUMMARY_KEYS})
+    return buf.getvalue()
+
+
+def table_rows(path: Path) -> int | None:
+    """Data rows in an existing summary.csv (records) or markdown table (``| `` lines past
+    the header and rule); None when there is no such file."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    text = path.read_text()
+    if path.suffix == ".html":
+        m = re.search(r'data-runs="(\d+)"', text)
+        return int(m.group(1)) if m else None
+    if path.suffix == ".csv":
+        return max(0, sum(1 for _ in csv.reader(io.StringIO(text))) - 1)
+    return max(0, sum(1 for line in text.splitlines() if line.startswith("|")) - 2)
+
+
+def keep_larger(path: Path, new_rows: int, force: bool) -> bool:
+    """True when ``path`` may be (re)written with a table of ``new_rows`` rows: always with
+    ``force``, else unless it already holds more rows (then a one-line warning)."""
+    old = table_rows(path)
+    if force or old is None or new_rows >= old:
+        return True
+    print(f"warning: kept {path}: it has {old} rows, the new table {new_rows} (are its run "
+          f"records missing?); rerun with --force to replace it", file=sys.stderr)
+    return False
 
 
 def write_summary(out_dir: str | Path, title: str | None = None,
-                  md_name: str = "summary.md") -> list[dict]:
+                  md_name: str = "summary.md", *, force: bool = False) -> list[dict]:
     """Regenerate ``summary.csv`` and ``summary.md`` (``md_name``) in ``out_dir`` from its
-    records."""
+    records. A file holding more rows than the new table is kept (with a warning) unless
+    ``force``: a folder whose run records are absent (a fresh clone of committed results)
+    does not lose its tables."""
     out_dir = Path(out_dir)
     rows = [summary_row(r) for r in load_records(out_dir)]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in SUMMARY_COLUMNS})
-    bio.write_text(out_dir / "summary.csv", buf.getvalue())
-    bio.write_text(out_dir / md_name, summary_markdown(rows, title))
+    if keep_larger(out_dir / "summary.csv", len(rows), force):
+        bio.write_text(out_dir / "summary.csv", summary_csv(rows))
+    if keep_larger(out_dir / md_name, len(rows), force):
+        bio.write_text(out_dir / md_name, summary_markdown(rows, title))
     return rows
 
 
@@ -130,19 +121,19 @@ def write_confusion(run_dir: Path, rec: dict) -> None:
                           f"{rec.get('tag')}: accuracy {100 * rec.get('accuracy', 0):.2f}%")
 
 
-def write_confusion_files(out_dir: Path, stem: str, cm, labels: list[str], title: str) -> None:
-    """``out_dir/<stem>.csv`` and ``.png`` of a confusion matrix (rows = true class)."""
-    cm = [[int(v) for v in row] for row in cm]
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["true\\pred"] + list(labels))
-    for c, row in zip(labels, cm):
-        w.writerow([c] + row)
-    bio.write_text(Path(out_dir) / f"{stem}.csv", buf.getvalue())
+def wrap_title(title: str, width_in: float, fontsize: float = 12) -> str:
+    """``title`` broken into lines that fit ``width_in`` inches at ``fontsize`` points
+    (about 0.6 em per character, a margin kept)."""
+    chars = max(8, int(0.9 * width_in * 72 / (0.6 * fontsize)))
+    return "\n".join(textwrap.fill(part, chars) for part in str(title).split("\n"))
+
+
+def confusion_figure(cm, labels: list[str], title: str):
+    """The confusion matrix plot (rows = true class), its title wrapped to the figure."""
     plt = _plt()
     n = len(labels)
     size = min(12, 2 + 0.35 * n)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig, ax = plt.subplots(figsize=(max(size, 3.5), size), layout="constrained")
     ax.imshow(cm, cmap="Blues")
     if n <= 30:
         ax.set_xticks(range(n), labels, rotation=90, fontsize=8)
@@ -153,8 +144,22 @@ def write_confusion_files(out_dir: Path, stem: str, cm, labels: list[str], title
                     ax.text(j, i, cm[i][j], ha="center", va="center", fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.tight_layout()
+    fontsize = 10
+    ax.set_title(wrap_title(title, fig.get_figwidth(), fontsize), fontsize=fontsize)
+    return fig
+
+
+def write_confusion_files(out_dir: Path, stem: str, cm, labels: list[str], title: str) -> None:
+    """``out_dir/<stem>.csv`` and ``.png`` of a confusion matrix (rows = true class)."""
+    cm = [[int(v) for v in row] for row in cm]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["true\\pred"] + list(labels))
+    for c, row in zip(labels, cm):
+        w.writerow([c] + row)
+    bio.write_text(Path(out_dir) / f"{stem}.csv", buf.getvalue())
+    plt = _plt()
+    fig = confusion_figure(cm, labels, title)
     with bio.atomic_path(Path(out_dir) / f"{stem}.png", suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
@@ -180,7 +185,7 @@ def write_history(run_dir: Path, rec: dict) -> None:
         ax.set_title(metric)
         ax.set_xlabel("epoch")
         ax.legend()
-    fig.suptitle(rec.get("tag") or "")
+    fig.suptitle(wrap_title(rec.get("tag") or "", fig.get_figwidth()))
     fig.tight_layout()
     with bio.atomic_path(run_dir / "curves.png", suffix=".png") as tmp:
         fig.savefig(tmp, dpi=90, format="png")

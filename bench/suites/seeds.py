@@ -33,6 +33,7 @@ import numpy as np
 
 from runtime import io as bio
 from bench.config import RunConfig, make
+from bench.report import schema
 
 DEFAULT_OUT = "results/seeds"
 SECTIONS = ("000", "001", "002", "003", "004")
@@ -206,7 +207,7 @@ def run_seeds(data_root: str | Path, out: str | Path = DEFAULT_OUT, *, sections=
     plots = write_plots(out, records)
     stored = {s: {k: v for k, v in d.items() if k != "stage1"} for s, d in results.items()}
     bio.write_json(out / "seeds.json", {"results": stored, "timings": timings, "total_s": total,
-                                        "data_root": str(root),
+                                        "data_root": str(root), "machine": machine(),
                                         "plots": [str(Path(p).relative_to(out)) for p in plots]})
     return rewrite_summary(out)
 
@@ -218,7 +219,8 @@ def rewrite_summary(out: str | Path) -> Path:
     path = out / "summary.md"
     bio.write_text(path, seeds_markdown(saved["results"], saved["timings"], saved["total_s"],
                                         Path(saved["data_root"]),
-                                        [out / p for p in saved.get("plots", [])], out))
+                                        [out / p for p in saved.get("plots", [])], out,
+                                        saved.get("machine")))
     return path
 
 
@@ -301,32 +303,22 @@ def _model_args(rec: dict) -> dict:
 
 
 def _pct(v) -> str:
-    return "" if v is None else f"{100 * v:.2f}%"
+    return schema.pct(v)
 
 
-def _num(v, fmt=".4f") -> str:
-    return "" if v is None else format(v, fmt)
-
-
-def _epoch_s(rec: dict) -> float | None:
-    hist = rec.get("history") or []
-    times = [h["epoch_s"] for h in hist if "epoch_s" in h]
-    return float(np.median(times)) if times else None
+def _num(v) -> str:
+    return schema.fixed4(v)
 
 
 def _run_table(runs: list[dict], reported: dict | None = None) -> list[str]:
-    head = "| run | report (their data) | ours: test acc | top-5 | log-loss | epochs | s/epoch " \
-           "| train img/s | params | size MB |"
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
+    """A section's runs (``schema.SEEDS_RUNS``), the report's own figure beside each."""
+    rows = []
     for r in runs:
-        rep = "" if reported is None else reported.get(r["tag"], reported.get(r["model"], ""))
-        es = _epoch_s(r)
-        lines.append(
-            f"| {r['tag']} | {rep} | {_pct(r['accuracy'])} | {_pct(r.get('top5_accuracy'))} "
-            f"| {_num(r['log_loss'])} | {r['epochs_completed']} | "
-            f"{'' if es is None else f'{es:.1f}'} | {r['train_img_per_s']:.1f} "
-            f"| {r['params_total'] / 1e6:.2f}M | {r['weights_bytes'] / 1e6:.2f} |")
-    return lines
+        row = schema.summary_row(r)
+        row["reported"] = ("" if reported is None else
+                           reported.get(r["tag"], reported.get(r["model"], "")))
+        rows.append(row)
+    return schema.markdown_table(rows, schema.SEEDS_RUNS)
 
 
 def _data_line(rec: dict) -> str:
@@ -344,15 +336,22 @@ def _compute_minutes(results: dict) -> float:
             + sum(v or 0.0 for v in extract.values())) / 60
 
 
-def seeds_markdown(results: dict, timings: dict, total: float, root: Path, plots,
-                   out: Path) -> str:
-    from runtime.devices import device_description
-
+def machine() -> str:
+    """This machine in a phrase: ``2-core CPU (x86_64)`` or ``1 x NVIDIA H200``."""
     import os
 
+    from runtime.devices import device_description
+
     dev = device_description()
-    where = (f"{os.cpu_count()}-core CPU ({dev['host']})" if dev["platform"] == "cpu" else
-             f"{dev['count']} x {dev['kind']}")
+    return (f"{os.cpu_count()}-core CPU ({dev['host']})" if dev["platform"] == "cpu" else
+            f"{dev['count']} x {dev['kind']}")
+
+
+def seeds_markdown(results: dict, timings: dict, total: float, root: Path, plots,
+                   out: Path, where: str | None = None) -> str:
+    """``where``: the machine the runs were measured on (seeds.json's ``machine``); default
+    this one (a seeds.json written before it was saved)."""
+    where = where or machine()
     L = ["# Seeds suite: the five source reports replayed on the data here", "",
          f"Command: `bench run --suite seeds --data-root {root}`. Machine: {where}. "
          f"Compute: {_compute_minutes(results):.1f} min for the runs and feature extraction "
@@ -385,16 +384,8 @@ def seeds_markdown(results: dict, timings: dict, total: float, root: Path, plots
               "accuracy 99.4%, Kaggle test log-loss 0.04150 (concatenated head); single ResNet50 "
               "val loss 0.0419. vs best: log-loss minus the best row's, 95% paired bootstrap "
               "interval over the test images.", "",
-              "| method | test acc | log-loss | vs best [95% CI] | ECE | img/s | best |",
-              "|---|---|---|---|---|---|---|"]
-        for r in r1["rows"]:
-            ips = r.get("infer_img_per_s")
-            vb = r.get("log_loss_vs_best")
-            vs = ("" if not vb or r["best"] else
-                  f"{vb['diff']:+.4f} [{vb['lo']:+.4f}, {vb['hi']:+.4f}]")
-            L.append(f"| {r['tag']} | {_pct(r['accuracy'])} | {r['log_loss']:.4f} | {vs} | "
-                     f"{r['ece']:.4f} | {'' if ips is None else f'{ips:.1f}'} | "
-                     f"{'**best**' if r['best'] else ''} |")
+              *schema.markdown_table(schema.ensemble_rows(r1["rows"]),
+                                     schema.SEEDS_ENSEMBLE)]
         ext = ", ".join(f"{k} {v:.0f} s" for k, v in r1["extract_s"].items() if v)
         L += ["", f"Feature extraction (cached in `features/`, reused on a rerun): {ext}. With "
               "400 test images, log-loss differences of a few thousandths are within noise.",
@@ -413,7 +404,7 @@ def seeds_markdown(results: dict, timings: dict, total: float, root: Path, plots
               r for r in r2["runs"]}
         for d in GRID_DEPTHS:
             cells = [f"{_pct(by[d, w]['accuracy'])} / {_pct(by[d, w]['top5_accuracy'])} "
-                     f"({by[d, w]['params_total'] / 1e3:.0f}k)" for w in GRID_WIDTHS]
+                     f"({schema.thousands(by[d, w]['params_total'])})" for w in GRID_WIDTHS]
             L.append(f"| {d} | " + " | ".join(cells) + " |")
         L += ["", "Cells: test top-1 / top-5 (parameters).", "",
               f"Robustness of the best grid model ({r2['best']['tag']}): the test images "
@@ -426,7 +417,7 @@ def seeds_markdown(results: dict, timings: dict, total: float, root: Path, plots
         for row in r2["robustness"]:
             L.append(f"| {row['perturbation']} | {rep.get(row['perturbation'], '')} | "
                      f"{_pct(row['accuracy'])} | {_pct(row['top5_accuracy'])} | "
-                     f"{row['log_loss']:.4f} |")
+                     f"{_num(row['log_loss'])} |")
         L += ["", "The report's four identical figures suggest its perturbed test generator "
               "was never applied; a CNN trained from scratch loses accuracy under these "
               "perturbations, as ours does.", ""]
