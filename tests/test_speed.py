@@ -43,7 +43,11 @@ def test_bf16_is_mixed_precision():
     text = prep.train_lowered.as_text()
     conv_types = re.findall(r"stablehlo.convolution.*-> tensor<[^>]*x(\w+)>", text)
     assert conv_types and set(conv_types) == {"bf16"}
-    assert prep.infer_step().dtype.name == "bfloat16"
+    infer_convs = re.findall(r"stablehlo.convolution.*-> tensor<[^>]*x(\w+)>",
+                             prep.infer_lowered.as_text())
+    assert infer_convs and set(infer_convs) == {"bf16"}
+    # The shared eval step returns float32 log-probabilities (softmax in float32).
+    assert prep.infer_step().dtype.name == "float32"
     loss = float(prep.train_step())
     assert math.isfinite(loss)
     import jax
