@@ -235,8 +235,14 @@ def cmd_features(args) -> int:
     _init_distributed(args)
     weights = None if args.weights in ("none", "None", "") else args.weights
     names = [b.strip() for b in args.backbone.split(",") if b.strip()]
-    for name in names:
-        models.get_model_info(name)  # unknown names fail before any work
+    for name in names:  # unknown names and sizes fail before any work
+        info = models.get_model_info(name)
+        lo = info.min_input_size
+        least = lo[0] if lo else 1
+        if args.image_size is not None and args.image_size < least:
+            raise ValueError(f"--image-size {args.image_size}: {name} needs at least {least}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}: expected a positive integer")
     paths = []
     for name in names:
         info = models.get_model_info(name)
@@ -250,7 +256,8 @@ def cmd_features(args) -> int:
         t0 = time.perf_counter()
         path = features.extract(name, ds, args.out, weights=w, batch_size=args.batch_size,
                                 devices=args.devices, progress=not args.quiet,
-                                weights_dir=args.weights_dir, force=args.force)
+                                weights_dir=args.weights_dir, force=args.force,
+                                image_size=(size, size))
         dt = time.perf_counter() - t0
         attrs = features.read_attrs(path)
         how = attrs.get("seconds")

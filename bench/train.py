@@ -22,7 +22,7 @@ from runtime.versions import versions
 
 from .config import RunConfig, from_dict, make, to_dict  # noqa: F401  (re-exported)
 
-RECORD_VERSION = 2  # 2: config.json nested (bench.config), 'precision' and 'normalize' keys
+from .report.schema import RECORD_VERSION  # noqa: E402  (one definition, with the schema)
 
 
 class TrainingDiverged(RuntimeError):

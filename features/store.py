@@ -18,6 +18,8 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from runtime.io import FILE_MODE
+
 FORMAT_VERSION = 1
 
 # Attributes a cached file must match to be reused: anything else (class names, library
@@ -126,6 +128,7 @@ def atomic_h5(path: Path) -> Iterator:
     try:
         with h5py.File(tmp, "w") as f:
             yield f
+        os.chmod(tmp, FILE_MODE)  # mkstemp's 0600: give the mode every other result file has
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -12,8 +12,9 @@ from typing import Any, Iterator
 import numpy as np
 
 
-_UMASK = os.umask(0)
+_UMASK = os.umask(0)  # read once, at import (os.umask has no read-only form)
 os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # what open() would give a new file
 
 
 @contextlib.contextmanager
@@ -27,7 +28,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file mode
+        os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

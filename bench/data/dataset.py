@@ -154,7 +154,7 @@ def _file_name(key) -> str:
 def _warn_small_classes(splits, src, split_info) -> None:
     """Classes with no training image, or too few to appear in every split, are named in the
     split record and logged: a class with one image has no validation or test image."""
-    warnings = []
+    warnings = list(src.warnings)
     for c, name in enumerate(src.classes):
         counts = {k: int((s.labels == c).sum()) for k, s in splits.items()}
         empty = [k for k, n in counts.items() if n == 0]

@@ -22,6 +22,21 @@ RESIZE_METHOD = ("PIL bilinear (antialiased), aspect not preserved; JPEG reduced
 _CHUNK = 256               # images per decode task: small enough for a smooth progress bar
 
 
+DEFAULT_MAX_PIXELS = 40_000_000  # about 160 MB of RGBA at decode; Pillow warns at 89 M
+
+
+def max_pixels() -> int:
+    """The decode budget: ``$BENCH_MAX_PIXELS``, else ``DEFAULT_MAX_PIXELS``. Checked from the
+    header before any pixel is decoded; a larger image is skipped with the reason."""
+    import os
+
+    try:
+        return max(1, int(os.environ.get("BENCH_MAX_PIXELS") or DEFAULT_MAX_PIXELS))
+    except ValueError:
+        raise ValueError(f"$BENCH_MAX_PIXELS {os.environ['BENCH_MAX_PIXELS']!r}: expected a "
+                         f"positive integer") from None
+
+
 def decode_image(data: bytes | np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Encoded image bytes (or a (H, W[, C]) uint8 array) -> uint8 RGB array of ``size``.
 
@@ -41,6 +56,11 @@ def decode_image(data: bytes | np.ndarray, size: tuple[int, int]) -> np.ndarray:
             # DCT-domain downscale by up to 8x, never below the target (square bound: the
             # EXIF rotation below may swap the sides).
             im.draft("RGB", (max(h, w), max(h, w)))
+        budget = max_pixels()
+        pixels = im.size[0] * im.size[1]  # what decoding allocates (after the JPEG draft)
+        if pixels > budget:
+            raise _Unreadable(f"{im.size[0]}x{im.size[1]} pixels to decode exceed the budget "
+                              f"of {budget:,} ($BENCH_MAX_PIXELS)")
         if "exif" in im.info or im.format == "TIFF":
             im = ImageOps.exif_transpose(im)
     im = _to_rgb(im)

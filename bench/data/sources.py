@@ -41,6 +41,7 @@ class Source:
     layout: str
     parallel: bool = True                  # whether the reader may be used from threads
     unlisted: list = dataclasses.field(default_factory=list)  # files that could not be listed
+    warnings: list = dataclasses.field(default_factory=list)  # said on the console and recorded
 
 
 class _ArrayReader:
@@ -204,6 +205,7 @@ def path_source(path: Path) -> Source:
                          f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
     layout, prefix, groups = _detect_layout(keys, path)
     classes = sorted({c for items in groups.values() for _, c in items})
+    warnings = _empty_class_folders(path, groups, set(classes)) if path.is_dir() else []
     classes = _class_order(classes, path, prefix, texts)
     index = {c: i for i, c in enumerate(classes)}
     src_groups = {g: ([k for k, _ in items], np.array([index[c] for _, c in items], np.int32))
@@ -211,7 +213,25 @@ def path_source(path: Path) -> Source:
     fingerprint = digest({"listing": listing, "classes": classes, "layout": layout,
                            "groups": {g: len(v[0]) for g, v in src_groups.items()}})
     return Source(name=name, source=str(path), fingerprint=fingerprint, classes=classes,
-                   groups=src_groups, reader=reader, layout=layout, unlisted=bad)
+                   groups=src_groups, reader=reader, layout=layout, unlisted=bad,
+                   warnings=warnings)
+
+
+def _empty_class_folders(root: Path, groups, classes: set[str]) -> list[str]:
+    """Folders beside the class folders that hold no image: classes dropped, said so."""
+    parents = {Path(k).parent.parent for items in groups.values() for k, _ in items
+               if len(Path(k).parts) >= 2}
+    out = []
+    for rel in sorted(parents):
+        try:
+            subdirs = [d for d in os.scandir(root / rel) if d.is_dir()]
+        except OSError:
+            continue
+        for d in sorted(subdirs, key=lambda d: d.name):
+            if d.name not in classes and not is_ignored(d.name):
+                where = (rel / d.name).as_posix()
+                out.append(f"folder {where!r} holds no images: not a class")
+    return out
 
 
 # Last path parts that say nothing about the data set: the folder above is named with them.

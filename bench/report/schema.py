@@ -25,7 +25,7 @@ import math
 import statistics
 from typing import Callable
 
-RECORD_VERSION = 2  # must match bench.train.RECORD_VERSION
+RECORD_VERSION = 2  # 2: config.json nested (bench.config), "precision" and "normalize" keys
 
 
 # -- formatters ------------------------------------------------------------------------------
