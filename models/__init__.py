@@ -30,7 +30,7 @@ from ._registry import (
     list_models,
     register_model,
 )
-from ._build import build_and_load, build_random
+from ._build import build_and_load, build_random, under_trace
 from .pretrained import resolve_pretrained
 
 __all__ = [
@@ -116,6 +116,7 @@ def create_model(
     def make(r):
         return builder(num_classes=num_classes, rngs=r, **overrides)
 
+    eager = eager or under_trace(rngs)  # inside a trace nothing is compiled anyway
     if weights is None:
         return make(rngs) if eager else build_random(make, rngs)
     path = weights

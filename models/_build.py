@@ -97,6 +97,12 @@ def _run_init(closed, out_shape, rstate, rngs: nnx.Rngs, keep: Sequence[int] | N
     return values
 
 
+def under_trace(rngs: nnx.Rngs) -> bool:
+    """Whether ``rngs`` holds tracers (``create_model`` called inside ``nnx.eval_shape``,
+    ``jax.jit``, ...): then the builder is simply traced along, as eagerly."""
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(nnx.state(rngs)))
+
+
 def build_random(make: Callable[[nnx.Rngs], Any], rngs: nnx.Rngs):
     """``make(rngs)`` (a model builder) with its whole initialisation one jitted program."""
     graphdef, treedef, closed, out_shape, rstate, _ = _trace_init(make, rngs)
