@@ -30,6 +30,7 @@ from ._registry import (
     list_models,
     register_model,
 )
+from ._build import build_and_load, build_random, under_trace
 from .pretrained import resolve_pretrained
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "preprocess",
     "register_model",
     "resolve_pretrained",
+    "size_kwargs",
     "weights_bytes",
 ]
 
@@ -77,6 +79,8 @@ def create_model(
     weights: str | os.PathLike | None = None,
     weights_dir: str | os.PathLike | None = None,
     download: bool = False,
+    image_size: int | tuple[int, int] | None = None,
+    eager: bool = False,
     **overrides: Any,
 ):
     """Build a registered model.
@@ -89,6 +93,11 @@ def create_model(
         PyTorch state dict), or a tag such as ``"imagenet"`` resolved offline
         (``weights_dir`` / ``$BENCH_WEIGHTS_DIR``, installed packages, the user cache).
       download: allow fetching a tagged file from its official URL (checksum verified).
+      image_size: the square (or ``(h, w)``) input size the model will see; adds the builder
+        options that depend on it (``size_kwargs``), e.g. ``input_size`` for a flatten head.
+      eager: initialise layer by layer as the builder runs (slow: one XLA program per
+        parameter shape). By default the model is built under one jitted program, or, with
+        ``weights``, abstractly and then filled from the file (``models._build``).
       **overrides: architecture options of the family (width, dropout, ...).
     """
     from flax import nnx
@@ -100,23 +109,51 @@ def create_model(
         raise ValueError(f"num_classes must be >= 0, got {num_classes}")
     if rngs is None:
         rngs = nnx.Rngs(seed)
-    model = get_builder(name)(num_classes=num_classes, rngs=rngs, **overrides)
-    if weights is not None:
-        path = weights
-        if isinstance(weights, str) and weights in info.pretrained:
-            path = resolve_pretrained(info, weights, weights_dir=weights_dir, download=download)
-        elif isinstance(weights, str) and not os.path.exists(weights) and not any(
-            sep in weights for sep in ("/", os.sep, ".")
-        ):
-            have = ", ".join(info.pretrained) or "none"
-            raise ValueError(
-                f"weights={weights!r}: not a file and not a pretrained tag of {name!r} "
-                f"(tags: {have})"
-            )
+    if image_size is not None:
+        overrides = {**size_kwargs(name, image_size), **overrides}
+    builder = get_builder(name)
+
+    def make(r):
+        return builder(num_classes=num_classes, rngs=r, **overrides)
+
+    eager = eager or under_trace(rngs)  # inside a trace nothing is compiled anyway
+    if weights is None:
+        return make(rngs) if eager else build_random(make, rngs)
+    path = weights
+    if isinstance(weights, str) and weights in info.pretrained:
+        path = resolve_pretrained(info, weights, weights_dir=weights_dir, download=download)
+    elif isinstance(weights, str) and not os.path.exists(weights) and not any(
+        sep in weights for sep in ("/", os.sep, ".")
+    ):
+        have = ", ".join(info.pretrained) or "none"
+        raise ValueError(
+            f"weights={weights!r}: not a file and not a pretrained tag of {name!r} "
+            f"(tags: {have})"
+        )
+    path = os.fspath(path)
+
+    def load(model):
         if not hasattr(model, "load_weights"):
             raise ValueError(f"model {name!r} cannot load weight files")
-        model.load_weights(os.fspath(path))
-    return model
+        model.load_weights(path)
+
+    if eager:
+        model = make(rngs)
+        load(model)
+        return model
+    return build_and_load(make, rngs, load)
+
+
+def size_kwargs(name: str, image_size: int | tuple[int, int]) -> dict[str, Any]:
+    """Builder options for model ``name`` at input size ``image_size`` (an int for a square):
+    ``{"input_size": (h, w)}`` for models whose head is sized at build time (their builder
+    takes ``input_size``, e.g. a flatten head), else ``{}``."""
+    import inspect
+
+    h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if "input_size" in inspect.signature(get_builder(name)).parameters:
+        return {"input_size": (int(h), int(w))}
+    return {}
 
 
 def param_count(model) -> dict[str, int]:

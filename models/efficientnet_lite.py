@@ -35,11 +35,10 @@ from __future__ import annotations
 import math
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from ._registry import PretrainedFile, register_model
-from .layers import Classifier, ConvBN, global_avg_pool, he_normal, make_head
+from .layers import Classifier, ConvBN, DepthwiseConv, global_avg_pool, he_normal, make_head
 from .torch_weights import assign_torch_weights, read_torch_state_dict
 
 BN_EPS = 1e-3
@@ -75,49 +74,13 @@ def round_repeats(repeats: int, depth: float) -> int:
     return int(math.ceil(depth * repeats))
 
 
-class DepthwiseConv(nnx.Conv):
-    """Depthwise ``SAME`` convolution; kernel ``(k, k, 1, C)`` as ``nnx.Conv`` stores it.
-
-    On CPU it is computed as k*k shifted multiply-adds: XLA:CPU runs grouped convolutions
-    (``feature_group_count=C``) much slower (measured on the 2-core dev box: 2.4 s vs 0.31 s
-    for a 5x5 depthwise conv on 32x56x56x144; Lite0 at 224, batch 32: 2.6 vs 14 img/s). Other
-    backends use the convolution. Both agree to float32 rounding (tested).
-    """
-
-    def __init__(self, features: int, kernel_size: int, strides: int = 1, *,
-                 kernel_init=he_normal, rngs: nnx.Rngs):
-        super().__init__(features, features, (kernel_size, kernel_size), strides=strides,
-                         padding="SAME", use_bias=False, feature_group_count=features,
-                         kernel_init=kernel_init, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        if jax.default_backend() != "cpu" or x.ndim != 4:
-            return super().__call__(x)
-        kh, kw = self.kernel_size
-        s = self.strides if isinstance(self.strides, int) else self.strides[0]
-        kernel = self.kernel[...]
-        _, h, w, _ = x.shape
-        pads, outs = [], []
-        for size, k in ((h, kh), (w, kw)):  # TF 'SAME': the odd pixel of padding goes after
-            out = -(-size // s)
-            total = max((out - 1) * s + k - size, 0)
-            pads.append((total // 2, total - total // 2))
-            outs.append(out)
-        xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-        (oh, ow), y = outs, None
-        for i in range(kh):
-            for j in range(kw):
-                tap = xp[:, i:i + (oh - 1) * s + 1:s, j:j + (ow - 1) * s + 1:s, :]
-                term = tap * kernel[i, j, 0]
-                y = term if y is None else y + term
-        return y
-
-
 class DepthwiseConvBN(nnx.Module):
     """Depthwise conv -> BatchNorm -> ReLU6 (attributes ``conv``, ``bn`` as in ``ConvBN``)."""
 
     def __init__(self, features: int, kernel_size: int, strides: int, *, rngs: nnx.Rngs):
-        self.conv = DepthwiseConv(features, kernel_size, strides, rngs=rngs)
+        # TF 'SAME' padding (the odd pixel after), as lax's "SAME".
+        self.conv = DepthwiseConv(features, kernel_size=kernel_size, strides=strides,
+                                  padding="SAME", kernel_init=he_normal, rngs=rngs)
         self.bn = nnx.BatchNorm(features, epsilon=BN_EPS, momentum=BN_MOMENTUM, rngs=rngs)
 
     def __call__(self, x):

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .layers import glorot_uniform
+from .layers import DepthwiseConv, glorot_uniform
 from .weights_errors import WeightsFileError
 
 # Layers that belong to Keras' ``include_top=True`` part. They may be absent from a file
@@ -59,35 +59,6 @@ _SIGNATURES = (
 # Modules with Keras' depthwise / separable convolution semantics.
 
 
-class DepthwiseConv(nnx.Conv):
-    """Keras ``DepthwiseConv2D``: one ``kernel_size`` filter per input channel and multiplier.
-
-    An ``nnx.Conv`` with ``feature_group_count=in_features``; its kernel has shape
-    ``(h, w, 1, in_features * multiplier)``, output channel ``i * multiplier + m`` being
-    multiplier ``m`` of input channel ``i``, as in Keras (whose kernel is ``(h, w, in, mult)``).
-    """
-
-    def __init__(
-        self,
-        in_features: int,
-        multiplier: int = 1,
-        kernel_size: int | Sequence[int] = 3,
-        strides: int | Sequence[int] = 1,
-        padding: str = "SAME",
-        use_bias: bool = False,
-        *,
-        kernel_init=glorot_uniform,
-        rngs: nnx.Rngs,
-    ):
-        ks = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
-        super().__init__(
-            in_features, in_features * multiplier, ks, strides=strides, padding=padding,
-            use_bias=use_bias, feature_group_count=in_features, kernel_init=kernel_init,
-            rngs=rngs,
-        )
-        self.multiplier = multiplier
-
-
 class SeparableConv(nnx.Module):
     """Keras ``SeparableConv2D``: a depthwise conv (with the strides), then a 1x1 pointwise
     conv; the bias, if any, is the pointwise conv's. Weights ``[depthwise, pointwise, bias?]``."""
@@ -103,11 +74,12 @@ class SeparableConv(nnx.Module):
         use_bias: bool = True,
         *,
         kernel_init=glorot_uniform,
+        depthwise_impl: str | None = None,
         rngs: nnx.Rngs,
     ):
         self.depthwise = DepthwiseConv(
             in_features, depth_multiplier, kernel_size, strides, padding, use_bias=False,
-            kernel_init=kernel_init, rngs=rngs,
+            kernel_init=kernel_init, impl=depthwise_impl, rngs=rngs,
         )
         self.pointwise = nnx.Conv(
             in_features * depth_multiplier, out_features, (1, 1), use_bias=use_bias,

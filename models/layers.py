@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Sequence
 
 import jax
@@ -117,3 +118,168 @@ def make_head(num_features: int, num_classes: int, *, rngs: nnx.Rngs,
     if num_classes == 0:
         return None
     return nnx.Linear(num_features, num_classes, kernel_init=kernel_init, rngs=rngs)
+
+
+# --------------------------------------------------------------------------------------------
+# Depthwise convolution.
+
+# Formulations of ``DepthwiseConv``: ``"conv"`` is the grouped convolution
+# (``feature_group_count=C``; cuDNN on GPU), ``"taps"`` the kernel's h*w taps as shifted
+# multiply-adds (XLA:CPU runs the grouped convolution an order of magnitude slower, see
+# ``results/examples/speed-vs-peers-cpu.md``). ``"auto"``: ``"taps"`` on CPU, else ``"conv"``,
+# decided at trace time from ``jax.default_backend()``.
+DEPTHWISE_IMPLS = ("auto", "conv", "taps")
+_ENV_DEPTHWISE = "BENCH_DEPTHWISE"
+_depthwise_default: str | None = None
+
+
+def set_depthwise_impl(impl: str | None) -> None:
+    """Process-wide formulation for ``DepthwiseConv`` layers built with ``impl=None``
+    (``None`` restores the default: ``$BENCH_DEPTHWISE``, else ``"auto"``). It is read when a
+    layer is traced, so it applies to already-built models on their next trace."""
+    if impl is not None and impl not in DEPTHWISE_IMPLS:
+        raise ValueError(f"depthwise impl {impl!r}: expected one of {DEPTHWISE_IMPLS}")
+    global _depthwise_default
+    _depthwise_default = impl
+
+
+def resolve_depthwise_impl(impl: str | None = None) -> str:
+    """``"conv"`` or ``"taps"``: ``impl``, else ``set_depthwise_impl``'s, else
+    ``$BENCH_DEPTHWISE``, else ``"auto"``; ``"auto"`` is ``"taps"`` on CPU."""
+    impl = impl or _depthwise_default or os.environ.get(_ENV_DEPTHWISE) or "auto"
+    if impl not in DEPTHWISE_IMPLS:
+        raise ValueError(f"depthwise impl {impl!r}: expected one of {DEPTHWISE_IMPLS}")
+    if impl == "auto":
+        return "taps" if jax.default_backend() == "cpu" else "conv"
+    return impl
+
+
+def _pair(v, name: str) -> tuple[int, int]:
+    if v is None:
+        return (1, 1)
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(int(a) for a in v)
+    if len(v) != 2:
+        raise ValueError(f"{name}: expected an int or 2 ints, got {v}")
+    return v
+
+
+def _explicit_pads(padding, in_hw, kernel_hw, strides, dilation) -> list[tuple[int, int]]:
+    """``padding`` ("SAME", "VALID", an int, or ((lo, hi), (lo, hi))) as explicit pairs, the
+    way ``lax.conv_general_dilated`` reads it ("SAME": the odd pixel after, as TensorFlow)."""
+    if isinstance(padding, str):
+        if padding.upper() not in ("SAME", "VALID"):
+            raise ValueError(f"depthwise padding {padding!r}: 'SAME', 'VALID' or explicit")
+        eff = [(k - 1) * d + 1 for k, d in zip(kernel_hw, dilation)]
+        return list(jax.lax.padtype_to_pads(in_hw, eff, strides, padding.upper()))
+    if isinstance(padding, int):
+        return [(padding, padding)] * 2
+    pads = [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
+    if len(pads) != 2:
+        raise ValueError(f"depthwise padding {padding!r}: expected two (lo, hi) pairs")
+    return pads
+
+
+def depthwise_conv_grouped(x, kernel, strides=1, padding="SAME", dilation=1):
+    """NHWC depthwise convolution as ``lax.conv_general_dilated`` with
+    ``feature_group_count=C``; ``kernel`` is ``(h, w, 1, C * multiplier)``, output channel
+    ``c * multiplier + m`` being multiplier ``m`` of input channel ``c``."""
+    strides, dilation = _pair(strides, "strides"), _pair(dilation, "dilation")
+    pads = _explicit_pads(padding, x.shape[1:3], kernel.shape[:2], strides, dilation)
+    return jax.lax.conv_general_dilated(
+        x, kernel, strides, pads, rhs_dilation=dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1],
+    )
+
+
+def depthwise_conv_taps(x, kernel, strides=1, padding="SAME", dilation=1):
+    """The same as ``depthwise_conv_grouped``, computed as the kernel's ``h * w`` taps:
+    strided slices of the padded input, each times its tap's per-channel weights, summed.
+    Channels stay the minor (vectorised) axis; XLA fuses the sum into one loop."""
+    strides, dilation = _pair(strides, "strides"), _pair(dilation, "dilation")
+    kh, kw, one, cout = kernel.shape
+    n, h, w, c = x.shape
+    if one != 1 or cout % c:
+        raise ValueError(f"depthwise kernel {kernel.shape} for {c} input channels: expected "
+                         f"(h, w, 1, {c} * multiplier)")
+    if cout != c:  # channel multiplier: output channel c * m + j reads input channel c
+        x = jnp.repeat(x, cout // c, axis=-1)
+    pads = _explicit_pads(padding, (h, w), (kh, kw), strides, dilation)
+    (sh, sw), (dh, dw) = strides, dilation
+    oh = (h + sum(pads[0]) - (kh - 1) * dh - 1) // sh + 1
+    ow = (w + sum(pads[1]) - (kw - 1) * dw - 1) // sw + 1
+    if oh <= 0 or ow <= 0:
+        raise ValueError(f"depthwise conv of a {h}x{w} input with a {kh}x{kw} kernel: "
+                         "empty output")
+    # Negative padding (allowed by lax) crops; lax.pad takes both signs.
+    xp = jax.lax.pad(x, jnp.zeros((), x.dtype),
+                     ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+    y = None
+    for i in range(kh):
+        for j in range(kw):
+            r0, c0 = i * dh, j * dw
+            tap = jax.lax.slice(xp, (0, r0, c0, 0),
+                                (n, r0 + (oh - 1) * sh + 1, c0 + (ow - 1) * sw + 1, cout),
+                                (1, sh, sw, 1))
+            term = tap * kernel[i, j, 0]
+            y = term if y is None else y + term
+    return y
+
+
+_DEPTHWISE_FNS = {"conv": depthwise_conv_grouped, "taps": depthwise_conv_taps}
+
+
+class DepthwiseConv(nnx.Conv):
+    """Depthwise convolution (Keras ``DepthwiseConv2D``): one ``kernel_size`` filter per input
+    channel and multiplier, the one class every family uses.
+
+    An ``nnx.Conv`` with ``feature_group_count=in_features``, so its kernel has ``nnx.Conv``'s
+    layout ``(h, w, 1, in_features * multiplier)``, output channel ``i * multiplier + m``
+    being multiplier ``m`` of input channel ``i``, as in Keras (whose kernel is
+    ``(h, w, in, multiplier)``) and PyTorch (``(C * multiplier, 1, h, w)``).
+
+    ``impl`` picks the formulation (``DEPTHWISE_IMPLS``); ``None`` defers to
+    ``set_depthwise_impl`` / ``$BENCH_DEPTHWISE`` / ``"auto"`` (taps on CPU, the grouped
+    convolution elsewhere), read at trace time. Both agree to float32 rounding
+    (tests/test_depthwise.py), gradients included.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        multiplier: int = 1,
+        kernel_size: int | Sequence[int] = 3,
+        strides: int | Sequence[int] = 1,
+        padding="SAME",
+        use_bias: bool = False,
+        *,
+        kernel_dilation: int | Sequence[int] = 1,
+        kernel_init=glorot_uniform,
+        impl: str | None = None,
+        rngs: nnx.Rngs,
+    ):
+        ks = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        if impl is not None and impl not in DEPTHWISE_IMPLS:
+            raise ValueError(f"depthwise impl {impl!r}: expected one of {DEPTHWISE_IMPLS}")
+        super().__init__(
+            in_features, in_features * multiplier, ks, strides=strides, padding=padding,
+            kernel_dilation=kernel_dilation, use_bias=use_bias,
+            feature_group_count=in_features, kernel_init=kernel_init, rngs=rngs,
+        )
+        self.multiplier = multiplier
+        self.impl = impl
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim != 4 or self.mask is not None or _pair(self.input_dilation, "") != (1, 1) or (
+            isinstance(self.padding, str) and self.padding.upper() not in ("SAME", "VALID")
+        ):
+            return super().__call__(x)
+        fn = _DEPTHWISE_FNS[resolve_depthwise_impl(self.impl)]
+        kernel = self.kernel[...]
+        bias = self.bias[...] if self.bias is not None else None
+        x, kernel, bias = self.promote_dtype((x, kernel, bias), dtype=self.dtype)
+        y = fn(x, kernel, self.strides, self.padding, self.kernel_dilation)
+        if bias is not None:
+            y = y + bias
+        return y

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ._registry import PretrainedFile, register_model
-from .keras_weights import DepthwiseConv, load_keras_h5
-from .layers import Classifier, glorot_uniform, global_avg_pool, make_head
+from .keras_weights import load_keras_h5
+from .layers import Classifier, DepthwiseConv, glorot_uniform, global_avg_pool, make_head
 
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.999  # keras.applications.mobilenet_v2, every BatchNormalization

@@ -14,6 +14,7 @@ from flax import nnx
 
 import models
 from models import efficientnet_lite as effl
+from models.layers import DepthwiseConv
 
 ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
 DOGS_VS_CATS = ASSETS / "dogs-vs-cats" / "train.zip"
@@ -93,7 +94,7 @@ def test_drop_connect_drops_whole_residual_branches():
 @pytest.mark.parametrize("size,kernel,stride", [(9, 3, 1), (10, 5, 2), (11, 3, 2)])
 def test_depthwise_matches_grouped_conv(size, kernel, stride):
     """The CPU shift-and-add path computes the same as the grouped convolution ('SAME')."""
-    conv = effl.DepthwiseConv(6, kernel, stride, rngs=nnx.Rngs(1))
+    conv = DepthwiseConv(6, kernel_size=kernel, strides=stride, impl="taps", rngs=nnx.Rngs(1))
     x = jnp.asarray(np.random.RandomState(2).randn(2, size, size + 1, 6), jnp.float32)
     fast = conv(x)
     reference = nnx.Conv.__call__(conv, x)

@@ -351,3 +351,63 @@ def test_mobilenet_v2_batchnorm_momentum_override():
                                        bn_momentum=0.9)) == {0.9}
     with pytest.raises(ValueError, match="bn_momentum"):
         models.create_model("mobilenet_v2", num_classes=10, alpha=0.35, bn_momentum=1.0)
+
+
+def _host(x):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    return np.asarray(x)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "basic_cnn", "mobilenet_v2"])
+def test_jitted_init_matches_eager_init(name):
+    """create_model's one-program init draws what the layer-by-layer eager build draws (the
+    same keys; floats within an ulp or two), and leaves the caller's Rngs where eager does."""
+    rngs_fast, rngs_eager = nnx.Rngs(3), nnx.Rngs(3)
+    fast = models.create_model(name, rngs=rngs_fast)
+    eager = models.create_model(name, rngs=rngs_eager, eager=True)
+    a = jax.tree_util.tree_flatten_with_path(nnx.state(fast))[0]
+    b = jax.tree_util.tree_flatten_with_path(nnx.state(eager))[0]
+    assert [p for p, _ in a] == [p for p, _ in b]
+    for (path, x), (_, y) in zip(a, b):
+        assert x.dtype == y.dtype and x.shape == y.shape, path
+        np.testing.assert_allclose(_host(x), _host(y), rtol=1e-6, atol=1e-7,
+                                   err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_array_equal(_host(rngs_fast.params()), _host(rngs_eager.params()))
+    x = jnp.zeros((1, *models.get_model_info(name).input_size[:2], 3))
+    fast.eval(), eager.eval()
+    np.testing.assert_allclose(fast(x), eager(x), rtol=1e-5, atol=1e-6)
+
+
+def test_loading_without_eager_init_fills_every_variable(tmp_path):
+    """Weights loaded into a traced-only model: what the file holds is the file's, what it
+    skips (a head of another size) is the eager init's; nothing is left unset."""
+    src = models.create_model("vgg16", 10, seed=1, input_size=32)
+    path = tmp_path / "w.h5"
+    from models.keras_weights import save_keras_h5
+
+    save_keras_h5(src, path)
+    fast = models.create_model("vgg16", 5, seed=2, weights=str(path), input_size=32)
+    eager = models.create_model("vgg16", 5, seed=2, weights=str(path), input_size=32,
+                                eager=True)
+    for (p, x), (_, y) in zip(jax.tree_util.tree_flatten_with_path(nnx.state(fast))[0],
+                              jax.tree_util.tree_flatten_with_path(nnx.state(eager))[0]):
+        assert isinstance(x, jax.Array), p
+        assert not np.isnan(_host(x)).any() if jnp.issubdtype(x.dtype, jnp.inexact) else True
+        np.testing.assert_allclose(_host(x), _host(y), rtol=1e-6, atol=1e-7,
+                                   err_msg=jax.tree_util.keystr(p))
+    assert fast.head.kernel.shape == (4096, 5)  # the skipped head: initialised, not loaded
+    np.testing.assert_array_equal(fast.block1[0].kernel[...], src.block1[0].kernel[...])
+
+
+def test_image_size_sets_the_size_dependent_options():
+    assert models.size_kwargs("basic_cnn", 48) == {"input_size": (48, 48)}
+    assert models.size_kwargs("basic_cnn", (40, 56)) == {"input_size": (40, 56)}
+    assert models.size_kwargs("resnet20", 48) == {}
+    m = models.create_model("basic_cnn", 3, image_size=48)
+    assert m(jnp.zeros((2, 48, 48, 3))).shape == (2, 3)
+    with pytest.raises(Exception):
+        models.create_model("basic_cnn", 3)(jnp.zeros((2, 48, 48, 3)))
+    # An explicit builder option wins over image_size.
+    m = models.create_model("basic_cnn", 3, image_size=48, input_size=(32, 32))
+    assert m(jnp.zeros((1, 32, 32, 3))).shape == (1, 3)
