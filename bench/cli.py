@@ -424,6 +424,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 0
+    if args.command not in ("compare", "report", "models", "inspect"):
+        from runtime.compile_cache import enable_compile_cache
+
+        enable_compile_cache()  # before the first compile; BENCH_COMPILE_CACHE=0 turns it off
     try:
         if args.command == "speed":
             return cmd_speed(args, argv)

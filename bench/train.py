@@ -147,6 +147,8 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
         "params_trainable": counts["trainable"], "params_total": counts["total"],
         "device": devices.device_description(mesh.n), "versions": versions(),
         "seed": cfg.seed, "global_batch": batch, "steps_per_epoch": steps_per_epoch,
+        # compile_s is warm when this cache already held the step (a repeated command).
+        "compile_cache": jax.config.jax_compilation_cache_dir or None,
         "near_duplicates_across_splits": {
             f"{a}-{b}": sum(1 for p in leaks if {p.split_a, p.split_b} == {a, b})
             for a, b in (("train", "val"), ("train", "test"), ("val", "test"))},
@@ -296,7 +298,7 @@ def build_model(cfg: RunConfig, dataset, *, weights=None, download: bool = False
     info = models.get_model_info(cfg.model.name)
     overrides = dict(cfg.model.model_args)
     if tuple(dataset.image_size) != tuple(info.input_size[:2]):
-        overrides = {**size_overrides(cfg.model.name, dataset.image_size[0]), **overrides}
+        overrides = {**models.size_kwargs(cfg.model.name, dataset.image_size[0]), **overrides}
     try:
         return models.create_model(cfg.model.name, num_classes=len(dataset.classes),
                                    seed=cfg.seed, weights=weights, download=download,
@@ -427,15 +429,3 @@ def finetune_config(cfg, stage1: dict, out: str, epochs: int, lr: float | None,
         epochs=epochs, lr=lr if lr is not None else cfg.optim.lr / 10, freeze=freeze,
         weights=None, init_from=str(weights), warmup_epochs=0.0,
         tag=f"{cfg.tag or cfg.model.name}+finetune")
-
-
-def size_overrides(name: str, size: int) -> dict:
-    """``{'input_size': (size, size)}`` for models whose flatten head is sized at build time
-    (their builder takes ``input_size``), else nothing."""
-    import inspect
-
-    import models
-
-    if "input_size" in inspect.signature(models.get_builder(name)).parameters:
-        return {"input_size": (size, size)}
-    return {}

@@ -39,7 +39,7 @@ from flax import nnx
 
 from ._registry import PretrainedFile, register_model
 from .layers import Classifier, ConvBN, DepthwiseConv, global_avg_pool, he_normal, make_head
-from .torch_weights import assign_torch_weights, read_torch_state_dict
+from .torch_weights import assign_torch_weights, read_torch_state_dict, torch_shapes
 
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.99
@@ -207,7 +207,10 @@ class EfficientNetLite(Classifier):
         random init). Any other missing, unexpected or mis-shaped key raises ``ValueError``
         naming the file and the key.
         """
-        state = read_torch_state_dict(path)
+        # Every tensor the model needs is checked against its shape before its bytes are read
+        # (the head, whose size may differ, is bounded by the reader's budget alone).
+        state = read_torch_state_dict(path, expected=torch_shapes(self.torch_layers(),
+                                                                  skip=("_fc",)))
         skip = ()
         if self.head is None or (
             "_fc.weight" in state and state["_fc.weight"].shape[0] != self.num_classes

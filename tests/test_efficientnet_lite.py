@@ -124,7 +124,7 @@ def _torch_state_dict(model: effl.EfficientNetLite) -> dict[str, np.ndarray]:
 def fake_file(monkeypatch):
     """load_weights reads ``state`` instead of a file named 'fake.pth'."""
     holder = {}
-    monkeypatch.setattr(effl, "read_torch_state_dict", lambda path: holder["state"])
+    monkeypatch.setattr(effl, "read_torch_state_dict", lambda path, **kw: holder["state"])
     return holder
 
 

@@ -97,8 +97,10 @@ def test_bad_arguments_fail_before_any_work():
 
 
 def test_flatten_head_models_are_built_for_the_input_size():
-    assert speed.size_overrides("basic_cnn", 32) == {"input_size": (32, 32)}
-    assert speed.size_overrides("resnet20", 32) == {}
+    import models
+
+    assert models.size_kwargs("basic_cnn", 32) == {"input_size": (32, 32)}
+    assert models.size_kwargs("resnet20", 32) == {}
 
 
 def test_peak_table():

@@ -33,7 +33,6 @@ from models import get_model_info
 
 from bench import engine
 from bench.config import RunConfig, make
-from bench.train import size_overrides
 from runtime import io as bio
 from runtime.devices import device_description, device_line
 from runtime.versions import versions as _base_versions
@@ -111,7 +110,7 @@ def prepare(name: str, batch_size: int, image_size: int | None = None, *,
         raise ValueError(f"batch size {batch_size}: must be a positive multiple of the "
                          f"{mesh.n} devices")
     info = get_model_info(name)
-    model = models.create_model(name, num_classes, seed=seed, **size_overrides(name, size))
+    model = models.create_model(name, num_classes, seed=seed, image_size=size)
     num_classes = model.num_classes
     params = models.param_count(model)["total"]
     schedule = engine.make_schedule(cfg.optim, 100, cfg.optim.epochs)
