@@ -154,3 +154,24 @@ def test_features_image_size_is_honoured(tmp_path, capsys):
     assert main(["features", "--backbone", "resnet20", "--dataset", str(data),
                  "--image-size", "0", "--out", str(out)]) == 2
     assert "--image-size 0" in capsys.readouterr().err
+
+
+def test_training_with_an_exclusion_list_records_it_and_changes_the_fingerprint(tmp_path):
+    from bench.cli import main
+
+    data = write_image_folder(tmp_path / "imgs", n_per_class=8, size=16)
+    listing = tmp_path / "exclusions.txt"
+    listing.write_text("# from bench inspect\nc0/00000.png\nc1/00001.png\n\n")
+    common = ["train", "--model", "benchmark_cnn", "--dataset", str(data), "--epochs", "1",
+              "--image-size", "16", "--batch-size", "8", "--quiet",
+              "--cache-dir", str(tmp_path / "cache")]
+    assert main(common + ["--out", str(tmp_path / "a")]) == 0
+    assert main(common + ["--out", str(tmp_path / "b"), "--exclude", str(listing)]) == 0
+    (ra,) = (tmp_path / "a").glob("runs/*/record.json")
+    (rb,) = (tmp_path / "b").glob("runs/*/record.json")
+    a, b = json.loads(ra.read_text()), json.loads(rb.read_text())
+    present = [f for f in ("c0/00000.png", "c1/00001.png") if (data / f).exists()]
+    assert present and b["dataset"]["excluded"] == sorted(present)
+    assert b["dataset"]["fingerprint"] != a["dataset"]["fingerprint"]
+    assert b["config"]["data"]["exclude"] == str(listing)
+    assert main(common + ["--out", str(tmp_path / "c"), "--exclude", str(tmp_path / "no")]) == 2

@@ -290,3 +290,20 @@ def test_dataset_names_say_which_data_set(tmp_path):
     assert display_name(z) == "dogs-vs-cats-train"
     assert display_name(tmp_path / "food101-3class" / "images") == "food101-3class-images"
     assert display_name(tmp_path / "food101-3class") == "food101-3class"
+
+
+def test_models_says_what_it_is_doing_before_counting(capsys):
+    from bench.cli import main
+
+    assert main(["models", "resnet2*"]) == 0
+    captured = capsys.readouterr()
+    assert "building" in captured.err and "--no-params" in captured.err
+    assert "resnet20" in captured.out
+
+
+def test_feature_caches_in_the_repo_are_ignored():
+    import subprocess
+
+    for path in ("cache/features/x.h5", "results/features/x.h5"):
+        r = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO)
+        assert r.returncode == 0, f"{path} is not ignored by .gitignore"
