@@ -259,6 +259,7 @@ class Bench:
                                                      "val_accuracy", "val_loss", "lr")}
                               for h in rec["history"]],
                      **time_to_target(rec["history"], self.targets))
+        self.pack_runs()
         log(f"{name}: test {rec['accuracy']:.4f}, best val {entry['best_val_accuracy']}, "
             f"{entry['train_s_total']:.1f} s of training; targets {entry['targets']}")
 
@@ -446,9 +447,9 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int)
     p.add_argument("--peak-tflops", help="measured peaks, e.g. bf16=790 (default: 790 for "
                    "bf16 on an H100/H200, none elsewhere)")
-    p.add_argument("--budget-s", type=float, default=480.0,
+    p.add_argument("--budget-s", type=float, default=450.0,
                    help="seconds from the start after which no job is started whose "
-                        "estimate does not fit (default 480)")
+                        "estimate does not fit (default 450)")
     p.add_argument("--deadline", type=float, help="the same as an absolute Unix time "
                    "(gpu_bench.sh passes one to a --resume attempt)")
     p.add_argument("--resume", action="store_true",
