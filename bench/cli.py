@@ -114,15 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", required=True, help="comma-separated names or patterns")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--image-size", type=int, help="default: each model's input size")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16 = mixed precision: bf16 compute, fp32 master weights and loss")
+    p.add_argument("--precision", default="fp32",
+                   help="fp32, bf16 or both (fp32,bf16); bf16 = mixed precision: bf16 "
+                        "compute, fp32 master weights and loss")
+    p.add_argument("--peak-tflops", help="also MFU against these peaks per device, e.g. "
+                   "bf16=790 (a measured matmul rate), beside the spec-sheet MFU")
     p.add_argument("--devices", type=int)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--no-train", action="store_true")
     p.add_argument("--no-infer", action="store_true")
-    p.add_argument("--vs", default="", help="peers to time in the same run: keras,torch")
-    p.add_argument("--torch-compile", action="store_true")
+    p.add_argument("--vs", default="", help="peers to time in the same run: keras, torch, "
+                   "timm, torch+compile, timm+compile (comma-separated)")
+    p.add_argument("--torch-compile", action="store_true",
+                   help="run every PyTorch peer through torch.compile")
     p.add_argument("--num-classes", type=int)
     p.add_argument("--out", default="results/speed")
     p.add_argument("--name", default="speed", help="output file stem (NAME.json, NAME.md)")
@@ -303,7 +308,7 @@ def cmd_speed(args, argv: list[str]) -> int:
 
     import models
 
-    from .speed.harness import speed, speed_markdown, write_speed
+    from .speed.harness import parse_peaks, speed, speed_markdown, write_speed
 
     names: list[str] = []
     for item in (s.strip() for s in args.models.split(",") if s.strip()):
@@ -312,12 +317,14 @@ def cmd_speed(args, argv: list[str]) -> int:
             raise ValueError(f"--models: no model matches {item!r}")
         names += [n for n in found if n not in names]
     vs = tuple(v.strip() for v in args.vs.split(",") if v.strip())
+    peaks = parse_peaks(args.peak_tflops)
     rows = speed(names, batch_size=args.batch_size, image_size=args.image_size,
                  precision=args.precision, devices=args.devices, warmup=args.warmup,
                  repeats=args.repeats, train=not args.no_train, infer=not args.no_infer, vs=vs,
                  num_classes=args.num_classes, torch_compile=args.torch_compile,
-                 progress=None if args.quiet else print)
-    paths = write_speed(rows, args.out, args.name, command="bench " + shlex.join(argv))
+                 progress=None if args.quiet else print, measured_peaks=peaks)
+    paths = write_speed(rows, args.out, args.name, command="bench " + shlex.join(argv),
+                        extra={"measured_peaks": peaks} if peaks else None)
     print(speed_markdown(rows))
     print("wrote", *paths)
     return 0

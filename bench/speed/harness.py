@@ -11,8 +11,9 @@ images already on the device: the on-device gather, augmentation and preprocessi
 the step, the host-side data pipeline is not (``tests/benchmarks`` times that).
 ``precision='bf16'`` is mixed precision: float32 master parameters, gradients and optimizer
 state; inside the step the parameters and inputs are cast to bfloat16, every Flax layer
-computes in bfloat16, BatchNorm statistics and the loss stay float32. ``vs=("keras", "torch")`` also times the same architecture in those
-frameworks (``bench.peers``) and adds ours/peer ratio columns.
+computes in bfloat16, BatchNorm statistics and the loss stay float32. ``vs=("keras", "torch", "timm")`` also times the same architecture in those
+frameworks (``bench.speed.peers``; ``torch+compile``, ``timm+compile`` through
+``torch.compile``) and adds ours/peer ratio columns.
 """
 
 from __future__ import annotations
@@ -196,12 +197,58 @@ def is_out_of_memory(e: BaseException) -> bool:
     return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text
 
 
+def parse_precisions(precision: str | Sequence[str]) -> tuple[str, ...]:
+    """``'fp32'``, ``'fp32,bf16'`` or a sequence of them -> a tuple of known precisions, in
+    order, without repeats; an unknown one raises ``ValueError`` (before any work)."""
+    items = precision.split(",") if isinstance(precision, str) else list(precision)
+    out: list[str] = []
+    for p in (str(i).strip() for i in items):
+        if p and p not in out:
+            engine.compute_dtype(p)  # ValueError for an unknown precision
+            out.append(p)
+    if not out:
+        raise ValueError("no precision given: expected fp32, bf16 or fp32,bf16")
+    return tuple(out)
+
+
+def parse_peaks(text: str | None) -> dict[str, float]:
+    """``'bf16=790,fp32=400'`` (TF/s per device, e.g. a measured matmul peak) -> a dict."""
+    peaks: dict[str, float] = {}
+    for item in (t.strip() for t in (text or "").split(",") if t.strip()):
+        prec, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--peak-tflops {item!r}: expected PRECISION=TFLOPS, "
+                             "e.g. bf16=790")
+        engine.compute_dtype(prec.strip())
+        try:
+            peaks[prec.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--peak-tflops {item!r}: {value!r} is not a number") from None
+        if peaks[prec.strip()] <= 0:
+            raise ValueError(f"--peak-tflops {item!r}: must be positive")
+    return peaks
+
+
+def add_measured_mfu(row: dict, peaks: dict[str, float] | None) -> None:
+    """Add ``measured_peak_tflops`` and ``{train,infer}_mfu_measured`` (achieved TFLOP/s over
+    ``peaks[row precision]`` times the devices) to a row of ours; the spec-sheet ``*_mfu``
+    stay as they are."""
+    peak = (peaks or {}).get(row.get("precision"))
+    if not peak:
+        return
+    row["measured_peak_tflops"] = peak
+    for phase in ("train", "infer"):
+        tflops = row.get(f"{phase}_tflops")
+        row[f"{phase}_mfu_measured"] = tflops / (peak * (row.get("devices") or 1)) \
+            if tflops else None
+
+
 def speed(models: Sequence[str], batch_size: int = 64, image_size: int | None = None,
-          precision: str = "fp32", devices: int | None = None, warmup: int = 2,
-          repeats: int = 10, train: bool = True, infer: bool = True,
+          precision: str | Sequence[str] = "fp32", devices: int | None = None,
+          warmup: int = 2, repeats: int = 10, train: bool = True, infer: bool = True,
           vs: Sequence[str] = (), num_classes: int | None = None,
-          torch_compile: bool = False, progress: Callable[[str], None] | None = None
-          ) -> list[dict]:
+          torch_compile: bool = False, progress: Callable[[str], None] | None = None,
+          measured_peaks: dict[str, float] | None = None) -> list[dict]:
     """Time each model's train and inference steps (and its peers', with ``vs``).
 
     Args:
@@ -209,26 +256,29 @@ def speed(models: Sequence[str], batch_size: int = 64, image_size: int | None = 
       batch_size: global batch over ``devices``; one that runs out of device memory is halved
         until it fits, and the row's ``batch_note`` says so.
       image_size: square input size; None for each model's own (``ModelInfo.input_size``).
-      precision: ``'fp32'`` or ``'bf16'`` (mixed precision, see the module docstring).
+      precision: ``'fp32'``, ``'bf16'`` (mixed precision, see the module docstring), or
+        several (``'fp32,bf16'`` or a sequence): each model is timed in each, in order.
       devices: the first N local devices (data parallel); None for all.
       warmup, repeats: untimed steps, then timed steps whose median is reported.
       train, infer: which steps to time.
-      vs: peer frameworks to time too, from ``bench.peers.PEERS`` (``'keras'``, ``'torch'``).
+      vs: peers to time too, from ``bench.peers.PEERS`` (``'keras'``, ``'torch'``,
+        ``'timm'``) or ``COMPILED`` (``'torch+compile'``, ``'timm+compile'``).
       num_classes: head size; None for each model's default.
-      torch_compile: run the PyTorch peer through ``torch.compile``.
+      torch_compile: run every PyTorch peer through ``torch.compile``.
       progress: called with a line of text as each row is done.
+      measured_peaks: ``{precision: TFLOP/s per device}``, e.g. a measured matmul peak: our
+        rows also get ``*_mfu_measured`` against it (``*_mfu`` stays against the spec).
 
     Returns:
       Rows with ``ROW_KEYS``: ours (``framework='jax'``) with ``train_vs_<peer>`` and
-      ``infer_vs_<peer>`` ratios (ours / peer img/s, above 1 = we are faster), each followed
-      by its peer rows.
+      ``infer_vs_<peer>`` ratios (ours / peer img/s at the same precision, above 1 = we are
+      faster), each followed by its peer rows; per model, one such group per precision.
     """
     from . import peers
 
-    engine.compute_dtype(precision)
+    precisions = parse_precisions(precision)
     for peer in vs:
-        if peer not in peers.PEERS:
-            raise ValueError(f"--vs {peer!r}: not one of {', '.join(peers.PEERS)}")
+        peers.check_peer(peer)
     for name in models:  # every name and size checked before any work
         check_size(name, image_size or get_model_info(name).input_size[0])
     if not (train or infer):
@@ -237,25 +287,28 @@ def speed(models: Sequence[str], batch_size: int = 64, image_size: int | None = 
     batch_size = max(mesh.n, batch_size - batch_size % mesh.n)
     rows = []
     for name in models:
-        row = _with_backoff(name, batch_size, image_size, precision=precision, mesh=mesh,
-                            warmup=warmup, repeats=repeats, train=train, infer=infer,
-                            num_classes=num_classes)
-        rows.append(row)
-        if progress:
-            progress(_progress_line(row))
-        for peer in vs:
-            prow = peers.measure_peer(
-                peer, name, batch_size=row["batch"], image_size=row["image_size"],
-                precision=precision, warmup=warmup, repeats=repeats, train=train, infer=infer,
-                num_classes=num_classes, torch_compile=torch_compile)
-            for phase in ("train", "infer"):
-                ours, theirs = row.get(f"{phase}_img_per_s"), prow.get(f"{phase}_img_per_s")
-                row[f"{phase}_vs_{peer}"] = ours / theirs if ours and theirs else None
-            rows.append(prow)
+        for prec in precisions:
+            row = _with_backoff(name, batch_size, image_size, precision=prec, mesh=mesh,
+                                warmup=warmup, repeats=repeats, train=train, infer=infer,
+                                num_classes=num_classes)
+            add_measured_mfu(row, measured_peaks)
+            rows.append(row)
             if progress:
-                progress(_progress_line(prow))
-        jax.clear_caches()
-        gc.collect()
+                progress(_progress_line(row))
+            for peer in vs:
+                prow = peers.measure_peer(
+                    peer, name, batch_size=row["batch"], image_size=row["image_size"],
+                    precision=prec, warmup=warmup, repeats=repeats, train=train,
+                    infer=infer, num_classes=num_classes, torch_compile=torch_compile)
+                for phase in ("train", "infer"):
+                    ours = row.get(f"{phase}_img_per_s")
+                    theirs = prow.get(f"{phase}_img_per_s")
+                    row[f"{phase}_vs_{peer}"] = ours / theirs if ours and theirs else None
+                rows.append(prow)
+                if progress:
+                    progress(_progress_line(prow))
+            jax.clear_caches()
+            gc.collect()
     return rows
 
 
@@ -300,12 +353,14 @@ _MD_COLUMNS = (
     ("train_tflops", "train TFLOP/s"), ("train_mfu", "train MFU"), ("infer_mfu", "infer MFU"),
     ("train_compile_s", "compile s"),
 )
+_MEASURED_COLUMNS = (("train_mfu_measured", "train MFU (measured peak)"),
+                     ("infer_mfu_measured", "infer MFU (measured peak)"))
 
 
 def _fmt(key: str, v) -> str:
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
         return ""
-    if key.endswith("_mfu"):
+    if key.endswith("_mfu") or key.endswith("_mfu_measured"):
         return f"{100 * v:.1f}%"
     if "_vs_" in key:
         return f"{v:.2f}x"
@@ -324,6 +379,7 @@ def speed_markdown(rows: list[dict], meta: dict | None = None) -> str:
     """The rows as a Markdown table (ratio columns appear when a peer was timed), with the
     command, device, versions and date above it when ``meta`` is given."""
     cols = list(_MD_COLUMNS)
+    cols += [c for c in _MEASURED_COLUMNS if any(r.get(c[0]) is not None for r in rows)]
     ratios = {k for r in rows for k in r if "_vs_" in k}
     for key in sorted(ratios, key=lambda k: (k.split("_vs_")[1], not k.startswith("train"))):
         phase, peer = key.split("_vs_")
@@ -338,7 +394,11 @@ def speed_markdown(rows: list[dict], meta: dict | None = None) -> str:
                   f"- date: {meta.get('date', '')}", "",
                   "Synthetic preprocessed inputs; median of the timed steps after warm-up; "
                   "compile time apart. GFLOPs from XLA's cost analysis (multiply-add = 2). "
-                  "MFU against the device's dense spec peak. Ratios: ours / peer img/s.", ""]
+                  "MFU against the device's dense spec peak"
+                  + ("; 'measured peak' columns against " + ", ".join(
+                      f"{k} {v:g} TFLOP/s" for k, v in meta["measured_peaks"].items())
+                     if meta.get("measured_peaks") else "")
+                  + ". Ratios: ours / peer img/s.", ""]
     lines.append("| " + " | ".join(h for _, h in cols) + " | notes |")
     lines.append("|" + "|".join("---" for _ in cols) + "|---|")
     for r in rows:
@@ -348,18 +408,22 @@ def speed_markdown(rows: list[dict], meta: dict | None = None) -> str:
 
 
 def _versions(rows: list[dict]) -> dict:
-    frameworks = {r.get("framework") for r in rows}
-    return _base_versions(*(fw for fw in ("keras", "torch") if fw in frameworks))
+    frameworks = {(r.get("framework") or "").partition("+")[0] for r in rows}
+    extra = ["keras"] if "keras" in frameworks else []
+    if frameworks & {"torch", "timm"}:
+        extra += ["torch", "torchvision", "timm"]  # each only where already imported
+    return _base_versions(*extra)
 
 
 def write_speed(rows: list[dict], out_dir: str | Path, name: str = "speed",
-                command: str | None = None) -> tuple[Path, Path]:
-    """Write ``<name>.json`` (rows plus command, device, versions, date) and ``<name>.md``
-    to ``out_dir``; return their paths."""
+                command: str | None = None, extra: dict | None = None) -> tuple[Path, Path]:
+    """Write ``<name>.json`` (rows plus command, device, versions, date and ``extra``) and
+    ``<name>.md`` to ``out_dir``; return their paths."""
     out_dir = Path(out_dir)
     meta = {"command": command if command is not None else shlex.join(sys.argv),
             "device": device_line(device_description()),
-            "versions": _versions(rows), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "versions": _versions(rows), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **(extra or {})}
     json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
     bio.write_json(json_path, dict(meta, kind="bench-speed", rows=rows))
     bio.write_text(md_path, speed_markdown(rows, meta))

@@ -1,14 +1,20 @@
-"""The PyTorch peer: the same architecture, eager (``torch.compile`` optional), channels-last,
+"""The PyTorch peers: the same architecture, eager (``torch.compile`` optional), channels-last,
 on CUDA when available, else on the CPU.
 
-Models come from torchvision or timm when installed; the CIFAR ResNets (option-A shortcuts,
-as ``models.cifar_resnet``) and EfficientNet-Lite0..4 (as ``models.efficientnet_lite``) are
-written here, so those two families need only ``torch``, and so are Keras' ResNet50 (v1)
-and MobileNetV2 for machines without torchvision. The hand-written ones pad
+Two sources, two peers. ``torch``: torchvision's models when installed, else (and for the
+CIFAR ResNets, option-A shortcuts as ``models.cifar_resnet``, and EfficientNet-Lite0..4, as
+``models.efficientnet_lite``) written here, so those families need only ``torch``, and so are
+Keras' ResNet50 (v1) and MobileNetV2 for machines without torchvision; Xception and
+Inception-ResNet-v2 exist only in timm, so this peer takes them from there. ``timm``: always
+``timm.create_model(name, pretrained=False)`` (``TIMM_MODELS``); an architecture timm has
+no equivalent of gives a row whose note says so. The hand-written ones pad
 convolutions symmetrically (``k // 2``) where ours pad like TensorFlow's ``SAME``; the output
 shapes and the work are the same. bf16 is ``torch.autocast(dtype=torch.bfloat16)`` with
-float32 parameters and optimizer state, the loss in float32. Each timed step ends with a
-device synchronise.
+float32 parameters and optimizer state, the loss in float32 (PyTorch's AMP); fp32 allows
+TF32 in matmuls and convolutions, as XLA does by default on GPUs. On CUDA
+``cudnn.benchmark`` is on (as timm's ``benchmark.py``). Each timed step ends with a device
+synchronise. A batch that runs out of device memory is halved until it fits (the note says
+so), and the memory is handed back after each row.
 """
 
 from __future__ import annotations
@@ -32,11 +38,22 @@ LIBRARY_MODELS = {
     "mobilenet_v2": ("torchvision", ("mobilenet_v2",)),
     "xception": ("timm", ("legacy_xception", "xception")),
     "inception_resnet_v2": ("timm", ("inception_resnet_v2",)),
-    "efficientnet_lite0": ("timm", ("efficientnet_lite0",)),
-    "efficientnet_lite1": ("timm", ("efficientnet_lite1",)),
-    "efficientnet_lite2": ("timm", ("efficientnet_lite2",)),
-    "efficientnet_lite3": ("timm", ("efficientnet_lite3",)),
-    "efficientnet_lite4": ("timm", ("efficientnet_lite4",)),
+}
+# The ``timm`` peer: our name -> timm model names to try in order (the first that
+# ``timm.list_models`` knows). timm's resnet50 is torchvision's (v1.5: the stride on the 3x3
+# convolution, no biases), not Keras' v1; the rest are the same architectures.
+TIMM_MODELS = {
+    "resnet50": ("resnet50",),
+    "vgg16": ("vgg16",),
+    "inception_v3": ("inception_v3",),
+    "xception": ("legacy_xception", "xception"),
+    "mobilenet_v2": ("mobilenetv2_100",),
+    "inception_resnet_v2": ("inception_resnet_v2",),
+    "efficientnet_lite0": ("efficientnet_lite0",),
+    "efficientnet_lite1": ("efficientnet_lite1",),
+    "efficientnet_lite2": ("efficientnet_lite2",),
+    "efficientnet_lite3": ("efficientnet_lite3",),
+    "efficientnet_lite4": ("efficientnet_lite4",),
 }
 
 
@@ -215,6 +232,20 @@ def build(name: str, num_classes: int) -> tuple[object | None, str]:
     return None, f"no PyTorch equivalent of {name}"
 
 
+def build_timm(name: str, num_classes: int) -> tuple[object | None, str]:
+    """``(module, 'timm NAME')`` from ``timm.create_model(NAME, pretrained=False)``; module
+    None (and the reason) when timm is missing or has no equivalent of ``name``."""
+    try:
+        import timm
+    except ImportError:
+        return None, "timm not installed"
+    for ctor in TIMM_MODELS.get(name, ()):
+        if ctor in timm.list_models(ctor):
+            return (timm.create_model(ctor, pretrained=False, num_classes=num_classes),
+                    f"timm {getattr(timm, '__version__', '?')} {ctor}")
+    return None, f"no timm equivalent of {name}"
+
+
 def param_count(module) -> int:
     """Parameters plus BatchNorm running statistics (Keras' count, as ``models.param_count``)."""
     n = sum(p.numel() for p in module.parameters())
@@ -223,29 +254,85 @@ def param_count(module) -> int:
     return int(n)
 
 
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """PyTorch's allocation failure (``torch.OutOfMemoryError``, or its message)."""
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    return (oom is not None and isinstance(e, oom)) or "out of memory" in str(e).lower()
+
+
+def _release() -> None:
+    import gc
+
+    gc.collect()
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def measure(model: str, *, batch_size: int, image_size: int, precision: str = "fp32",
             warmup: int = 2, repeats: int = 10, train: bool = True, infer: bool = True,
-            num_classes: int | None = None, torch_compile: bool = False, **_ignored) -> dict:
-    """A ``bench.speed`` row for ``model`` in PyTorch (``note`` says why when it cannot run)."""
+            num_classes: int | None = None, torch_compile: bool = False,
+            source: str = "torch", **_ignored) -> dict:
+    """A ``bench.speed`` row for ``model`` in PyTorch (``note`` says why when it cannot run).
+
+    ``source``: ``'torch'`` (torchvision or written here, see the module docstring) or
+    ``'timm'``. The row's framework is the source, plus ``'+compile'`` with ``torch_compile``.
+    A batch that runs out of device memory is halved until it fits."""
+    if source not in ("torch", "timm"):
+        raise ValueError(f"source {source!r}: not 'torch' or 'timm'")
+    framework = source + ("+compile" if torch_compile else "")
+    row = new_row(model, framework, precision, image_size, batch_size)
+    if torch is None:
+        row["note"] = "torch not installed"
+        return row
+    tried = []
+    while True:
+        try:
+            out = _measure_at(model, framework, batch_size=batch_size, image_size=image_size,
+                              precision=precision, warmup=warmup, repeats=repeats, train=train,
+                              infer=infer, num_classes=num_classes,
+                              torch_compile=torch_compile, source=source)
+            break
+        except Exception as e:  # noqa: BLE001 -- only out-of-memory is retried
+            if not is_out_of_memory(e) or batch_size <= 1:
+                raise
+            tried.append(batch_size)
+            batch_size //= 2
+            if torch_compile:
+                torch._dynamo.reset()
+        finally:
+            _release()
+    if tried:
+        out["batch_note"] = (f"batch {', '.join(map(str, tried))} ran out of device memory; "
+                             f"measured at {batch_size}")
+    return out
+
+
+def _measure_at(model: str, framework: str, *, batch_size: int, image_size: int,
+                precision: str, warmup: int, repeats: int, train: bool, infer: bool,
+                num_classes: int | None, torch_compile: bool, source: str) -> dict:
     import contextlib
     import math
 
     import models
 
-    row = new_row(model, "torch", precision, image_size, batch_size)
-    if torch is None:
-        row["note"] = "torch not installed"
-        return row
+    row = new_row(model, framework, precision, image_size, batch_size)
     num_classes = num_classes or models.get_model_info(model).num_classes
-    net, origin = build(model, num_classes)
+    net, origin = (build_timm if source == "timm" else build)(model, num_classes)
     if net is None:
         row["note"] = origin
         return row
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     net = net.to(device, memory_format=torch.channels_last)
     row.update(params=param_count(net), devices=1,
                device=f"1x {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}",
                note=f"torch {torch.__version__}, {origin}, channels_last, "
+                    + ("AMP bf16 autocast, " if precision == "bf16" else
+                       "TF32 allowed, " if device.type == "cuda" else "")
                     + ("torch.compile" if torch_compile else "eager"))
     fn = torch.compile(net) if torch_compile else net
     gen = torch.Generator().manual_seed(0)
