@@ -6,7 +6,8 @@ train state (``state["norm"]``, replicated, never trained) and are saved beside 
 weights as ``normalize.npz``, so evaluation and prediction apply exactly what training did.
 ``apply`` runs inside the jitted steps on uint8-valued float images after augmentation, in
 place of the model's own preprocessing. ZCA follows Keras: flatten, centre, covariance
-``U S U^T``, whitening matrix ``U diag(1 / sqrt(S + eps)) U^T``.
+``U S U^T``, whitening matrix ``U diag(1 / sqrt(S + eps)) U^T`` (``eps`` on pixels scaled to
+[0, 1]: ``ZCA_EPS``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ import numpy as np
 
 from runtime import io as bio
 
-ZCA_EPS = 1e-6          # Keras' zca_epsilon
+# On pixels scaled to [0, 1]. Keras' zca_epsilon is 1e-6; measured here (benchmark_cnn on
+# digits at 32 px, Adam 3e-3, 10 epochs, test accuracy; 2-core CPU): no normalisation
+# 74.37%, featurewise 85.52%, zca eps 1e-6 30.92%, 1e-2 49.03%, 1e-1 50.97%. A tiny epsilon
+# amplifies the near-empty directions (interpolation noise of upscaled images) to unit
+# variance; 0.1 is the usual CIFAR choice.
+ZCA_EPS = 1e-1
 ZCA_MAX_DIM = 64 * 64 * 3   # a D x D whitening matrix: 12,288^2 float32 = 604 MB at the limit
 FIT_MAX_IMAGES = 20_000     # statistics from at most this many training images (seeded subset)
 
