@@ -253,7 +253,7 @@ def test_normalize_runs_end_to_end_and_is_stored_with_the_run(tmp_path, mode):
     np.testing.assert_allclose(logp, np.load(run_dir / "test_log_proba.npy"), atol=1e-4)
 
 
-def test_normalize_statistics():
+def test_normalize_statistics(monkeypatch):
     from bench import normalize
 
     rng = np.random.default_rng(0)
@@ -262,10 +262,14 @@ def test_normalize_statistics():
     z = np.asarray(normalize.apply(fw, x.astype(np.float32)))
     np.testing.assert_allclose(z.mean(axis=(0, 1, 2)), 0, atol=1e-4)
     np.testing.assert_allclose(z.std(axis=(0, 1, 2)), 1, atol=1e-3)
+    monkeypatch.setattr(normalize, "ZCA_EPS", 1e-9)  # unregularised: exactly white
     zca = normalize.fit("zca", x)
     w = np.asarray(normalize.apply(zca, x.astype(np.float32))).reshape(200, -1)
     cov = np.cov(w, rowvar=False, bias=True)
     np.testing.assert_allclose(cov, np.eye(cov.shape[0]), atol=0.05)
+    monkeypatch.setattr(normalize, "ZCA_EPS", 0.1)  # the default shrinks every direction
+    w = np.asarray(normalize.apply(normalize.fit("zca", x), x.astype(np.float32)))
+    assert np.linalg.eigvalsh(np.cov(w.reshape(200, -1), rowvar=False)).max() < 1.0
     with pytest.raises(ValueError, match="zca accepts at most"):
         normalize.fit("zca", np.zeros((2, 128, 128, 3), np.uint8))
 
