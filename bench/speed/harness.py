@@ -392,7 +392,10 @@ def speed_markdown(rows: list[dict], meta: dict | None = None) -> str:
                   "- versions: " + ", ".join(f"{k} {v}" for k, v in
                                               (meta.get("versions") or {}).items()),
                   f"- date: {meta.get('date', '')}", "",
-                  "Synthetic preprocessed inputs; median of the timed steps after warm-up; "
+                  "Ours: `bench train`'s own step (engine.build_steps: on-device gather, "
+                  "augmentation, preprocessing, forward, loss, backward, SGD) on random uint8 "
+                  "images; peers: their framework's step on preprocessed float inputs. Median "
+                  "of the timed steps after warm-up; "
                   "compile time apart. GFLOPs from XLA's cost analysis (multiply-add = 2). "
                   "MFU against the device's dense spec peak"
                   + ("; 'measured peak' columns against " + ", ".join(
