@@ -13,10 +13,9 @@ The iterator's whole state is ``(epoch, step)`` of the next batch: the permutati
 function of ``(seed, epoch)``, so a checkpoint that records the step resumes the stream
 exactly (``BatchStream(..., start=(epoch, step))``).
 
-Host memory: at most ``prefetch`` batches are in flight. Reading rows out of a memmap maps
-their pages into the process (counted in its RSS, though reclaimable); the reader hands them
-back with ``madvise(MADV_DONTNEED)`` every ~32 MB read, so the RSS stays bounded by the
-prefetch depth, not by the data set (the page cache keeps the data for the next epoch where
+Host memory: at most ``prefetch`` batches are in flight, and a memmap's rows are read with
+``os.pread`` (``RowReader``), never through the mapping, so the RSS stays at the prefetch
+depth whatever the data set's size (the page cache keeps the data for the next epoch where
 the memory allows).
 
 Why a small thread rather than Grain (``grain.DataLoader``/``MapDataset``, which has a wheel
@@ -48,7 +47,6 @@ import numpy as np
 ROW_LOG: list | None = None
 
 DEVICE_FRACTION = 0.5     # auto: stream above this fraction of the smallest device's memory
-RELEASE_BYTES = 32 << 20  # hand memmap pages back after about this many bytes read
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -116,35 +114,72 @@ def _find_mmap(a) -> mmap.mmap | None:
     return None
 
 
-class RowReader:
-    """``reader(rows)`` -> a fresh array of those rows, gathered in sorted order (sequential
-    reads for a memmap) and put back in the asked order; a memmap's pages are released every
-    ``RELEASE_BYTES`` so the process does not keep the data set mapped."""
+def _file_rows(a) -> tuple[str, int] | None:
+    """``(file, byte offset of row 0)`` when ``a`` is a memmap (or a view of one) whose rows
+    are contiguous in its file, else None."""
+    mm = _find_mmap(a)
+    name = getattr(a, "filename", None)
+    if mm is None or not name or a.ndim < 1 or not a[:1].flags.c_contiguous:
+        return None
+    row = int(np.prod(a.shape[1:], dtype=np.int64)) * a.dtype.itemsize
+    if len(a) > 1 and a.strides[0] != row:
+        return None
+    base = np.frombuffer(mm, np.uint8).ctypes.data
+    offset = int(getattr(a, "offset", 0) or 0)
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY  # where np.memmap's mapping starts
+    return str(name), start + (a.ctypes.data - base)
 
-    def __init__(self, a: np.ndarray, release_bytes: int = RELEASE_BYTES):
+
+class RowReader:
+    """``reader(rows)`` -> a fresh array of those rows, read in sorted order (sequential reads)
+    and put back in the asked order.
+
+    Rows of a memmap are read with ``os.pread`` from its file rather than through the
+    mapping: the data comes from the page cache all the same, but nothing is mapped into
+    the process, so its RSS does not grow with the rows read (through the mapping, the
+    kernel's fault-around maps ~64 KB per touched row, and a random batch of small images
+    maps the whole file within a few steps). Other arrays are indexed in memory."""
+
+    def __init__(self, a: np.ndarray):
         self.a = a
-        self.mm = _find_mmap(a)
-        self.release_bytes = release_bytes
         self.row_bytes = int(np.prod(a.shape[1:], dtype=np.int64)) * a.dtype.itemsize
-        self._since = 0
+        src = _file_rows(a) if isinstance(a, np.ndarray) else None
+        self.fd, self.offset = None, 0
+        if src is not None:
+            self.fd = os.open(src[0], os.O_RDONLY)
+            self.offset = src[1]
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, np.int64)
         order = np.argsort(rows, kind="stable")
-        out = np.empty((len(rows),) + self.a.shape[1:], self.a.dtype)
-        out[order] = self.a[rows[order]]
-        if self.mm is not None:
-            self._since += len(rows) * (self.row_bytes + mmap.PAGESIZE)
-            if self._since >= self.release_bytes:
-                self.release()
+        out = np.empty((len(rows),) + tuple(self.a.shape[1:]), self.a.dtype)
+        if self.fd is None:
+            out[order] = self.a[rows[order]]
+            return out
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self.a)):
+            raise IndexError(f"rows outside 0..{len(self.a) - 1}")
+        flat = out.reshape(len(rows), -1).view(np.uint8)
+        srt = rows[order]
+        k = 0
+        while k < len(srt):  # runs of consecutive rows in one read
+            j = k + 1
+            while j < len(srt) and srt[j] == srt[j - 1] + 1 and order[j] == order[j - 1] + 1:
+                j += 1
+            dest = memoryview(flat[order[k]:order[k] + (j - k)].reshape(-1))
+            pos, done = self.offset + int(srt[k]) * self.row_bytes, 0
+            while done < len(dest):  # pread may return less (very large reads)
+                got = os.preadv(self.fd, [dest[done:]], pos + done)
+                if got <= 0:
+                    raise OSError(f"{self.a.filename}: file ends inside rows "
+                                  f"{srt[k]}..{srt[j - 1]}")
+                done += got
+            k = j
         return out
 
-    def release(self) -> None:
-        self._since = 0
-        if self.mm is not None and hasattr(self.mm, "madvise"):
-            try:
-                self.mm.madvise(mmap.MADV_DONTNEED)
-            except (OSError, ValueError):
-                pass
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def local_rows(sharding, batch: int) -> tuple[int, int]:
@@ -218,7 +253,7 @@ class BatchStream:
         except BaseException as e:  # handed to the consumer, raised there
             self._put(e)
         finally:
-            self._read.release()
+            self._read.close()
 
     def _put(self, item) -> bool:
         while not self._stop.is_set():

@@ -100,14 +100,23 @@ def test_stream_close_midway_and_errors_reach_the_consumer():
             next(s)
 
 
-def test_row_reader_memmap_order(tmp_path):
+def test_row_reader_memmap_reads_the_file(tmp_path):
     _write_npy(tmp_path / "x.npy", (500, 4, 4, 3))
     a = np.load(tmp_path / "x.npy", mmap_mode="r")
-    reader = bstream.RowReader(a, release_bytes=1)  # releases after every read
-    assert reader.mm is not None
-    rows = np.array([400, 3, 250, 3, 17])
-    for _ in range(3):
-        assert np.array_equal(reader(rows), np.asarray(a)[rows])
+    full = np.asarray(a).copy()
+    rows = np.array([400, 3, 250, 3, 17, 18, 19, 0, 499])
+    reader = bstream.RowReader(a)
+    assert reader.fd is not None  # pread from the file, not through the mapping
+    assert np.array_equal(reader(rows), full[rows])
+    view = bstream.RowReader(a[100:450])  # a slice of the memmap: its own offset
+    assert view.fd is not None
+    assert np.array_equal(view(np.array([0, 349, 5, 6])), full[100:450][[0, 349, 5, 6]])
+    with pytest.raises(IndexError):
+        view(np.array([350]))
+    mem = bstream.RowReader(full)  # in memory: plain indexing
+    assert mem.fd is None and np.array_equal(mem(rows), full[rows])
+    strided = bstream.RowReader(a[::2])  # rows not contiguous in the file: indexing
+    assert strided.fd is None and np.array_equal(strided(np.array([3, 1])), full[::2][[3, 1]])
 
 
 def test_choose_placement():
@@ -180,8 +189,12 @@ RSS_SCRIPT = textwrap.dedent("""
     cfg = make(model="small_cnn", model_arg=["depth=1", "width=4"], epochs=1,
                batch_size=2048, augment="none", image_size=size, placement_budget_mb=16,
                eval_batch_size=64)
-    # Warm everything a run needs once on a tiny set, so the measured run grows only by
-    # what depends on the data.
+    # Warm everything a run needs once on a tiny in-memory set of the same shapes, so the
+    # measured run grows only by what depends on the data.
+    warm = Dataset(name="warm", source="warm", fingerprint="warm", classes=["a", "b", "c"],
+                   image_size=(size, size), splits={"train": small(4096), "val": small(64),
+                   "test": small(64)}, skipped=[], split_info={}, resize="none")
+    train(cfg, out + "-warm", quiet=True, dataset=warm)
     before = hwm()
     rec = train(cfg, out, quiet=True, dataset=ds)
     print(json.dumps({"before": before, "after": hwm(), "placement": rec["data_placement"],
