@@ -219,6 +219,7 @@ def test_streamed_training_keeps_host_memory_bounded(tmp_path):
         res[mb] = json.loads(p.stdout.strip().splitlines()[-1])
         path.unlink()
     growth = {mb: (r["after"] - r["before"]) / 2**20 for mb, r in res.items()}
+    print(f"peak RSS growth over a streamed epoch, MB: {growth}")
     for mb, r in res.items():
         assert r["placement"] == "stream"
         assert r["rows_read"] * 16 * 16 * 3 > 0.95 * r["bytes"]  # the whole set was read
