@@ -147,17 +147,18 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
         idx0 = engine.to_global(np.zeros(batch, np.int32), mesh.data)
         t0 = time.perf_counter()
         train_step = steps.train.lower(state, x_all, y_all, idx0, base_key).compile()
-    else:  # the prefetch thread reads the first batches while the step compiles
-        stream = bstream.BatchStream(
-            train_split.images, train_split.labels, batch=batch,
-            steps_per_epoch=steps_per_epoch, seed=cfg.seed, sharding=mesh.data,
-            end_epoch=cfg.optim.epochs, start=(meta["epoch"], meta["step"]))
+    else:
         shape = (batch,) + tuple(train_split.images.shape[1:])
         t0 = time.perf_counter()
         train_step = steps.train.lower(
             state, jax.ShapeDtypeStruct(shape, train_split.images.dtype, sharding=mesh.data),
             jax.ShapeDtypeStruct((batch,), np.int32, sharding=mesh.data), base_key).compile()
     compile_s = time.perf_counter() - t0
+    if placement == "stream":  # closed by the epoch loop's `with`
+        stream = bstream.BatchStream(
+            train_split.images, train_split.labels, batch=batch,
+            steps_per_epoch=steps_per_epoch, seed=cfg.seed, sharding=mesh.data,
+            end_epoch=cfg.optim.epochs, start=(meta["epoch"], meta["step"]))
     # Mid-epoch checkpoints: every N steps, or in stream placement every 5 minutes.
     every_steps = cfg.data.checkpoint_every
     every_s = 300.0 if stream is not None and not every_steps else None
