@@ -25,6 +25,7 @@ OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "radam", "rmsprop", "adadelta"
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 AUGMENTS = ("none", "flip", "crop_flip", "affine")
 PRECISIONS = ("fp32", "bf16")
+PLACEMENTS = ("auto", "device", "stream")
 NORMALIZATIONS = ("none", "featurewise", "zca")
 
 
@@ -34,13 +35,16 @@ class ConfigError(ValueError):
 
 def _opt(default=None, help: str = "", *, flag: str | None = None, choices=None,
          parse: Callable | None = None, check: Callable[[Any], str | None] | None = None,
-         cli: bool = True, metavar: str | None = None, legacy: bool = True):
+         cli: bool = True, metavar: str | None = None, legacy: bool = True,
+         in_id: bool = True):
     """A config field. ``flag``: the CLI/flat name (default: the field name); ``parse``: str ->
     value for argparse; ``check(value) -> reason or None``; ``cli=False``: library only;
     ``legacy``: the field existed in config version 1 (it is always part of the run id;
-    newer fields join the id only when they differ from their default, so old ids hold)."""
+    newer fields join the id only when they differ from their default, so old ids hold);
+    ``in_id=False``: never part of the run id (how a run executes, not what it computes:
+    changing it resumes the same run)."""
     meta = dict(help=help, flag=flag, choices=choices, parse=parse, check=check, cli=cli,
-                metavar=metavar, legacy=legacy)
+                metavar=metavar, legacy=legacy, in_id=in_id)
     if isinstance(default, (list, dict)):
         raise TypeError("mutable defaults are not allowed in a frozen config")
     return dataclasses.field(default=default, metadata=meta)
@@ -113,6 +117,23 @@ class DataConfig:
     exclude: str | None = _opt(None, "a file list of images to leave out (one source-relative "
                                "path a line, e.g. `bench inspect`'s exclusions.txt)",
                                legacy=False)
+    # How the training set reaches the devices (bench.stream); none of these changes what a
+    # run computes (the batch order is the same), so none is part of the run id.
+    data_placement: str = _opt(
+        "auto", "'device': the whole training set replicated on every device, batches "
+        "gathered inside the step; 'stream': batches read from host memory or the decoded "
+        "cache's memmap by a prefetching thread, each process reading its own shard; 'auto': "
+        "stream when the training set would take more than half of the smallest device's "
+        "memory (or more than --placement-budget-mb)", choices=PLACEMENTS, legacy=False,
+        in_id=False)
+    placement_budget_mb: float | None = _opt(
+        None, "auto placement: the MB of training images a device may hold (default: half "
+        "of the smallest device's memory; on CPU, of host RAM over the local devices)",
+        parse=float, check=_positive_float, legacy=False, in_id=False)
+    checkpoint_every: int = _opt(
+        0, "also checkpoint every N steps inside an epoch, resumable at that step (0: in "
+        "stream placement every 5 minutes, otherwise only after each epoch)", parse=int,
+        check=_non_negative, legacy=False, in_id=False)
 
     def __post_init__(self):
         if self.val_fraction + self.test_fraction >= 1:
@@ -229,7 +250,7 @@ class RunConfig:
         d = {}
         for part, f, value in _leaves(self):
             key = "model_args" if f.name == "model_args" else _flat_name(f)  # version-1 key
-            if key == "devices":
+            if key == "devices" or not f.metadata.get("in_id", True):
                 continue
             if f.metadata.get("legacy", True) or value != f.default:
                 d[key] = value

@@ -7,6 +7,7 @@ checkpoint, a finished run is not repeated (``force=True`` repeats it).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import statistics
@@ -40,6 +41,7 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
     from . import engine
     from . import metrics as bm
     from . import normalize
+    from . import stream as bstream
 
     info = models.get_model_info(cfg.model.name)
     check_model_args(cfg)
@@ -65,10 +67,16 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
 
     train_split, val_split, test_split = (dataset.splits[k] for k in ("train", "val", "test"))
     num_classes = len(dataset.classes)
+    local_devices = [d for d in mesh.mesh.devices.flat if d.process_index == jax.process_index()]
+    placement, placement_why = bstream.choose_placement(
+        cfg.data.data_placement, train_split.images.nbytes, local_devices,
+        cfg.data.placement_budget_mb)
+    say(quiet, f"data placement: {placement} ({placement_why})")
     from .inspect import cross_split_near_duplicates, cross_split_warning
 
-    leaks = cross_split_near_duplicates(dataset)
-    leak_line = cross_split_warning(dataset, pairs=leaks)
+    # Streamed training sets are too big for a pHash pass at every run (`bench inspect`).
+    leaks = cross_split_near_duplicates(dataset) if placement == "device" else None
+    leak_line = cross_split_warning(dataset, pairs=leaks) if leaks is not None else None
     if leak_line:
         say(quiet, "warning: " + leak_line)
     n_train = len(train_split.labels)
@@ -92,7 +100,7 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
         model, tx, num_classes=num_classes, preprocessing=info.preprocessing,
         augment=cfg.augment, label_smoothing=cfg.optim.label_smoothing, mesh=mesh,
         freeze=cfg.model.freeze, trainable_mask=mask, precision=cfg.precision,
-        normalize=cfg.data.normalize)
+        normalize=cfg.data.normalize, on_device_data=placement == "device")
     state = engine.init_state(model, tx, norm=norm)
     del model, params
     if cfg.model.init_from:
@@ -117,25 +125,43 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
     # Resume.
     ckpt, best_ckpt = run_dir / "last.npz", run_dir / "best.npz"
     best_val_file = run_dir / "best_val_log_proba.npy"
-    meta = {"epoch": 0, "history": [], "best_val_loss": math.inf, "best_epoch": 0, "wait": 0,
-            "step_times": [], "epoch_img_per_s": []}
+    # "step" > 0: a mid-epoch checkpoint, "partial" the epoch's metrics so far.
+    meta = {"epoch": 0, "step": 0, "partial": None, "history": [], "best_val_loss": math.inf,
+            "best_epoch": 0, "wait": 0, "step_times": [], "epoch_img_per_s": []}
     if ckpt.exists():
         try:
             arrays, saved = bio.load_arrays(ckpt)
             state = engine.arrays_to_tree(state, arrays)
             meta.update(saved)
-            say(quiet, f"{run_id}: resuming after epoch {meta['epoch']} from {ckpt}")
+            say(quiet, f"{run_id}: resuming after epoch {meta['epoch']}"
+                + (f", step {meta['step']}" if meta.get("step") else "") + f" from {ckpt}")
         except ValueError as e:
             say(quiet, f"{run_id}: ignoring unreadable checkpoint ({e}); starting over")
     state = engine.replicate(state, mesh)
 
-    x_all = engine.to_global(train_split.images, mesh.replicated)
-    y_all = engine.to_global(train_split.labels.astype(np.int32), mesh.replicated)
     base_key = jax.random.key(cfg.seed)
-    idx0 = engine.to_global(np.zeros(batch, np.int32), mesh.data)
-    t0 = time.perf_counter()
-    train_step = steps.train.lower(state, x_all, y_all, idx0, base_key).compile()
+    stream = None
+    if placement == "device":
+        x_all = engine.to_global(train_split.images, mesh.replicated)
+        y_all = engine.to_global(train_split.labels.astype(np.int32), mesh.replicated)
+        idx0 = engine.to_global(np.zeros(batch, np.int32), mesh.data)
+        t0 = time.perf_counter()
+        train_step = steps.train.lower(state, x_all, y_all, idx0, base_key).compile()
+    else:
+        shape = (batch,) + tuple(train_split.images.shape[1:])
+        t0 = time.perf_counter()
+        train_step = steps.train.lower(
+            state, jax.ShapeDtypeStruct(shape, train_split.images.dtype, sharding=mesh.data),
+            jax.ShapeDtypeStruct((batch,), np.int32, sharding=mesh.data), base_key).compile()
     compile_s = time.perf_counter() - t0
+    if placement == "stream":  # closed by the epoch loop's `with`
+        stream = bstream.BatchStream(
+            train_split.images, train_split.labels, batch=batch,
+            steps_per_epoch=steps_per_epoch, seed=cfg.seed, sharding=mesh.data,
+            end_epoch=cfg.optim.epochs, start=(meta["epoch"], meta["step"]))
+    # Mid-epoch checkpoints: every N steps, or in stream placement every 5 minutes.
+    every_steps = cfg.data.checkpoint_every
+    every_s = 300.0 if stream is not None and not every_steps else None
     meta.setdefault("compile_s", compile_s)
 
     record: dict[str, Any] = {
@@ -149,24 +175,36 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
         "seed": cfg.seed, "global_batch": batch, "steps_per_epoch": steps_per_epoch,
         # compile_s is warm when this cache already held the step (a repeated command).
         "compile_cache": jax.config.jax_compilation_cache_dir or None,
-        "near_duplicates_across_splits": {
+        "data_placement": placement, "data_placement_reason": placement_why,
+        "near_duplicates_across_splits": None if leaks is None else {
             f"{a}-{b}": sum(1 for p in leaks if {p.split_a, p.split_b} == {a, b})
             for a, b in (("train", "val"), ("train", "test"), ("val", "test"))},
     }
     wall0 = time.perf_counter() - meta.get("wall_s", 0.0)
-    with Progress(quiet) as prog:
+    first_epoch, first_step = meta["epoch"], meta["step"]
+    with Progress(quiet) as prog, (stream or contextlib.nullcontext()):
         for epoch in range(meta["epoch"], cfg.optim.epochs):
-            rng = np.random.default_rng([cfg.seed, epoch])
-            perm = rng.permutation(n_train)
+            perm = bstream.epoch_order(cfg.seed, epoch, n_train) if stream is None else None
             advance = prog.task(f"epoch {epoch + 1}/{cfg.optim.epochs}", steps_per_epoch)
-            losses, accs = [], []
-            e0 = time.perf_counter()
-            for i in range(steps_per_epoch):
-                idx = engine.to_global(perm[i * batch:(i + 1) * batch].astype(np.int32),
-                                       mesh.data)
+            start = first_step if epoch == first_epoch else 0
+            partial = (meta.get("partial") or {}) if start else {}
+            losses, accs = list(partial.get("losses", [])), list(partial.get("accs", []))
+            if start:
+                advance(start)
+            e0 = time.perf_counter() - partial.get("epoch_s", 0.0)
+            last_ckpt = time.perf_counter()
+            for i in range(start, steps_per_epoch):
                 key = jax.random.fold_in(base_key, epoch * steps_per_epoch + i)
-                s0 = time.perf_counter()
-                state, m = train_step(state, x_all, y_all, idx, key)
+                if stream is None:
+                    idx = engine.to_global(perm[i * batch:(i + 1) * batch].astype(np.int32),
+                                           mesh.data)
+                    s0 = time.perf_counter()
+                    state, m = train_step(state, x_all, y_all, idx, key)
+                else:
+                    e, j, images, labels = next(stream)
+                    assert (e, j) == (epoch, i), f"stream at {(e, j)}, loop at {(epoch, i)}"
+                    s0 = time.perf_counter()
+                    state, m = train_step(state, images, labels, key)
                 loss = float(m["loss"])  # blocks until the step is done
                 meta["step_times"].append(time.perf_counter() - s0)
                 if not math.isfinite(loss):
@@ -182,6 +220,14 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
                 losses.append(loss)
                 accs.append(float(m["accuracy"]))
                 advance(1, f"loss {loss:.4f}")
+                if i + 1 < steps_per_epoch and (
+                        (every_steps and (epoch * steps_per_epoch + i + 1) % every_steps == 0)
+                        or (every_s and time.perf_counter() - last_ckpt >= every_s)):
+                    meta.update(step=i + 1, wall_s=time.perf_counter() - wall0, partial={
+                        "losses": losses, "accs": accs, "epoch_s": time.perf_counter() - e0})
+                    if writer:
+                        bio.save_arrays(ckpt, engine.tree_to_arrays(state), meta)
+                    last_ckpt = time.perf_counter()
             epoch_s = time.perf_counter() - e0
             meta["epoch_img_per_s"].append(steps_per_epoch * batch / epoch_s)
             row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
@@ -205,7 +251,7 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
                 else:
                     meta["wait"] += 1
             meta["history"].append(row)
-            meta["epoch"] = epoch + 1
+            meta.update(epoch=epoch + 1, step=0, partial=None)
             meta["wall_s"] = time.perf_counter() - wall0
             if writer:
                 bio.save_arrays(ckpt, engine.tree_to_arrays(state), meta)
@@ -279,6 +325,8 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
         epoch_img_per_s=statistics.median(meta["epoch_img_per_s"]),
         infer_img_per_s=infer["img_per_s"], infer_batch=infer["batch"],
         compile_s=meta["compile_s"], weights_bytes=wbytes,
+        **({"stream": {"rows_read": stream.rows_read, "wait_s": stream.wait_s,
+                       "local_rows": [stream.lo, stream.hi]}} if stream is not None else {}),
         wall_s=time.perf_counter() - wall0, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
     if writer:
