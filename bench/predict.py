@@ -126,9 +126,9 @@ def _save_backbone(name: str, path: Path) -> None:
     import models
     from . import engine
 
-    info = models.get_model_info(name)
-    wfile = models.resolve_pretrained(info, "imagenet")
-    model = models.create_model(name, num_classes=0, weights=str(wfile), seed=0)
+    from .suites.zoo import fast_backbone
+
+    model = fast_backbone(name)
     _, state = nnx.split(model)
     bio.save_arrays(path, engine.tree_to_arrays(nnx.as_pure(state)),
                     {"format": "backbone v1: leaves of nnx.split(model)[1]", "model": name})
@@ -207,8 +207,11 @@ def _backbone(name: str, path: Path, size: tuple):
         import models
         from . import engine
 
-        model = models.create_model(name, num_classes=0, seed=0)
-        graphdef, state = nnx.split(model)
+        # Built abstractly (no random initialisation: a minute for an EfficientNet on a busy
+        # CPU), then filled from the stored arrays.
+        from .suites.zoo import fast_backbone
+
+        graphdef, state = nnx.split(fast_backbone(name, weights=False))
         arrays, _ = bio.load_arrays(path)
         try:
             restored = engine.arrays_to_tree(nnx.as_pure(state), arrays)

@@ -34,6 +34,7 @@ Writes ``OUT/leaderboard.md``, ``.csv``, ``.html`` (a fragment for ``report.html
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import time
@@ -54,7 +55,7 @@ PRESETS = {
     # scratch models: (model, model_args, augment); epochs (min, max) per kind.
     "fast": dict(scratch=(("benchmark_cnn", (), "none"), ("resnet20", (), "flip")),
                  backbones=LITE[:1], keras=False, scratch_size=(32, 32), feature_size=96,
-                 finetune_size=64, scratch_epochs=(2, 10), finetune_epochs=(1, 1),
+                 finetune_size=64, scratch_epochs=(2, 10), finetune_epochs=None,
                  finetune_last_k=2, finetune_all=False, head_cv=3, head_cs=4),
     "best": dict(scratch=(("benchmark_cnn", (), "none"), ("resnet20", (), "flip"),
                           ("small_cnn", (("depth", 5), ("width", 128)), "flip"),
@@ -143,14 +144,16 @@ def candidates(preset: dict, num_classes: int, sizes: dict) -> tuple[list[Item],
                     epochs=tuple(preset["scratch_epochs"]), model_args=args, augment=aug)
                for m, args, aug in preset["scratch"]]
     ft = []
-    ep = tuple(preset["finetune_epochs"])
+    ep = tuple(preset["finetune_epochs"] or (0, 0))
     k = preset["finetune_last_k"]
     ft.append(Item("{backbone} frozen + trained dense head", "frozen", "train", model="auto",
                    size=T, epochs=ep, augment="flip", freeze="backbone"))
     ft.append(Item(f"{{backbone}} fine-tuned (last {k} stages)", "fine-tuned", "train",
                    model="auto", size=T, epochs=ep, augment="flip", after=ft[0].name,
                    freeze=f"last{k}"))
-    if preset["finetune_all"]:
+    if not preset["finetune_epochs"]:
+        ft = []
+    elif preset["finetune_all"]:
         ft.append(Item("{backbone} fine-tuned (all layers)", "fine-tuned", "train",
                        model="auto", size=T, epochs=ep, augment="flip", after=ft[0].name))
     concat = []
@@ -161,6 +164,8 @@ def candidates(preset: dict, num_classes: int, sizes: dict) -> tuple[list[Item],
     # Priority: one of each kind first, then the rest.
     order = heads[:1] + scratch[:1] + heads[1:3] + ft[:2] + scratch[1:2] + concat + scratch[2:] \
         + ft[2:] + heads[3:]
+    if not preset["backbones"]:
+        order = [it for it in order if it.model != "auto"]
     return order, skipped
 
 
@@ -215,6 +220,7 @@ def probe_train(cfg, num_classes: int, n_probe: int = 3) -> dict:
     shim = SimpleNamespace(image_size=(size, size), classes=list(range(num_classes)))
     t_all = time.perf_counter()
     model = build_model(cfg.replace(weights=None, init_from=None), shim)
+    build_s = time.perf_counter() - t_all
     mesh = engine.Mesh.create(cfg.devices)
     schedule = engine.make_schedule(cfg.optim, 10, cfg.optim.epochs)
     params = nnx.as_pure(nnx.state(model, nnx.Param))
@@ -254,10 +260,10 @@ def probe_train(cfg, num_classes: int, n_probe: int = 3) -> dict:
     jax.clear_caches()
     return {"step_s": float(np.median(times[1:])), "batch": b, "compile_s": compile_s,
             "eval_batch_s": eval_s, "eval_batch": eb, "eval_compile_s": eval_compile_s,
-            "params": params_total, "probe_s": time.perf_counter() - t_all}
+            "build_s": build_s, "params": params_total, "probe_s": time.perf_counter() - t_all}
 
 
-def probe_features(backbone: str, size: int, batch: int = 32) -> dict:
+def probe_features(backbone: str, size: int, batch: int = 64) -> dict:
     """Compile the feature-extraction forward pass of ``backbone`` at ``size`` and time a
     batch: images per second of extraction."""
     import jax
@@ -266,7 +272,8 @@ def probe_features(backbone: str, size: int, batch: int = 32) -> dict:
     import models
 
     t_all = time.perf_counter()
-    model = models.create_model(backbone, num_classes=0, seed=0)
+    model = cached_backbone(backbone)
+    build_s = time.perf_counter() - t_all
     model.eval()
     params_total = models.param_count(model)["total"]
     forward, state, sharding = fx._compile_forward(backbone, model, jax.local_devices()[:1],
@@ -279,9 +286,74 @@ def probe_features(backbone: str, size: int, batch: int = 32) -> dict:
     t1 = time.perf_counter()
     np.asarray(forward(state, x))
     batch_s = time.perf_counter() - t1
-    jax.clear_caches()
     return {"img_per_s": batch / batch_s, "compile_s": max(0.0, compile_s - batch_s),
-            "params": params_total, "probe_s": time.perf_counter() - t_all}
+            "build_s": build_s, "params": params_total, "probe_s": time.perf_counter() - t_all}
+
+
+_BUILT: dict = {}
+
+
+def cached_backbone(name: str):
+    """``fast_backbone(name)``, built once per process (the probe's model is the one that
+    extracts, and its compiled forward pass is reused)."""
+    if name not in _BUILT:
+        _BUILT[name] = fast_backbone(name)
+    return _BUILT[name]
+
+
+def fast_backbone(name: str, weights: bool = True):
+    """``models.create_model(name, num_classes=0, weights='imagenet')`` without the random
+    initialisation it starts with (a minute for an EfficientNet on a busy 2-core CPU): the
+    model is built abstractly, filled with zeros, then the ImageNet file is loaded."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    import models
+
+    abstract = nnx.eval_shape(lambda: models.create_model(name, num_classes=0, seed=0))
+    graphdef, state = nnx.split(abstract)
+
+    def fill(s):
+        if jnp.issubdtype(s.dtype, jax.dtypes.prng_key):
+            return jax.random.key(0)
+        return jnp.zeros(s.shape, s.dtype)
+
+    model = nnx.merge(graphdef, jax.tree.map(fill, nnx.as_pure(state)))
+    if weights:
+        model.load_weights(str(models.resolve_pretrained(models.get_model_info(name),
+                                                          "imagenet")))
+    return model
+
+
+def probe_build(name: str) -> float:
+    """Seconds ``models.create_model`` takes for ``name`` with random weights (what a
+    training run of it spends before its first step)."""
+    import models
+
+    t0 = time.perf_counter()
+    models.create_model(name, num_classes=2, seed=0)
+    return time.perf_counter() - t0
+
+
+# Training-step cost relative to the forward pass (per image), and compile time relative to
+# the forward pass's, for the fine-tuning stages (the backward pass of what trains).
+FT_STEP_FACTOR = {"backbone": 1.3, "last": 2.3, None: 3.0}
+FT_COMPILE_FACTOR = {"backbone": 3.0, "last": 5.0, None: 5.0}
+
+
+def finetune_probe(fwd: dict, freeze: str | None, batch: int = 32, eval_batch: int = 64) -> dict:
+    """A fine-tuning stage's step costs from its backbone's measured forward pass."""
+    if "error" in fwd:
+        return fwd
+    f = "last" if freeze and freeze.startswith("last") else freeze
+    per_img = 1.0 / fwd["img_per_s"]
+    return {"step_s": FT_STEP_FACTOR[f] * batch * per_img, "batch": batch,
+            "compile_s": FT_COMPILE_FACTOR[f] * fwd["compile_s"], "eval_batch": eval_batch,
+            "eval_batch_s": eval_batch * per_img, "eval_compile_s": fwd["compile_s"],
+            "build_s": fwd.get("build_s_random", 0.0),
+            "from": f"forward pass at this size, training step x{FT_STEP_FACTOR[f]}, compile "
+                    f"x{FT_COMPILE_FACTOR[f]}"}
 
 
 def estimate(item: Item, probe: dict, n: dict, epochs: int, num_classes: int,
@@ -294,12 +366,14 @@ def estimate(item: Item, probe: dict, n: dict, epochs: int, num_classes: int,
         per_epoch = steps * probe["step_s"] + eval_batches * probe["eval_batch_s"]
         # Fixed: building the model and the near-duplicate check (~5 s), the two compiles,
         # the test pass, saving.
-        return (5.0 + probe["compile_s"] + probe["eval_compile_s"] + epochs * per_epoch
+        return (5.0 + probe.get("build_s", 0.0) + probe["compile_s"] + probe["eval_compile_s"]
+                + epochs * per_epoch
                 + test_batches * probe["eval_batch_s"])
     total = n["train"] + n["val"] + n["test"]
     head = 3.0 + 4e-6 * head_work * n["train"] * probe.get("dim", 1280) * max(num_classes, 2)
     if item.type == "head":
-        return 3.0 + probe["compile_s"] + total / probe["img_per_s"] + head
+        return (3.0 + probe.get("build_s", 0.0) + probe["compile_s"] + total / probe["img_per_s"]
+                + head)
     return head * 1.5  # concat: the features are there already
 
 
@@ -336,15 +410,19 @@ def run_zoo(*, out, quiet: bool = False, force: bool = False, cache_dir=None, se
         raise ValueError("--suite zoo needs --dataset (a folder or .zip of images, 'digits' or "
                          "tfds:NAME)")
     preset = preset or "best"
-    if preset not in PRESETS:
+    if isinstance(preset, dict):  # a custom candidate set (library use, tests)
+        P, preset = {**PRESETS["fast"], **preset}, preset.get("name", "custom")
+    elif preset in PRESETS:
+        P = PRESETS[preset]
+    else:
         raise ValueError(f"--preset {preset!r}: expected one of {', '.join(PRESETS)}")
     budget = parse_budget(time_budget if time_budget is not None else DEFAULT_BUDGET_S)
-    P = PRESETS[preset]
     out = Path(out)
     zdir = out / "zoo"
     spec = str(dataset) if dataset else data.name
     key = {"version": ZOO_VERSION, "dataset": spec, "budget_s": budget, "preset": preset,
-           "seed": seed, "max_per_class": max_per_class}
+           "seed": seed, "max_per_class": max_per_class,
+           "candidates": json.dumps(P, sort_keys=True, default=str)}
     state_path, plan_path = zdir / "state.json", zdir / "plan.json"
     st = bio.read_json(state_path) if state_path.exists() and not force else {}
     if st.get("key") != key:
@@ -416,6 +494,15 @@ def run_zoo(*, out, quiet: bool = False, force: bool = False, cache_dir=None, se
             try:
                 if it.type == "head":
                     probes[pkey] = probe_features(it.model, it.size)
+                elif it.model == "auto":
+                    # Compiling an EfficientNet train step takes a minute on a busy 2-core
+                    # CPU: its forward pass is probed and the training step scaled from it.
+                    fkey = f"features:{LITE[0]}@{it.size}"
+                    if fkey not in probes:
+                        probes[fkey] = probe_features(LITE[0], it.size)
+                    if "build_s_random" not in probes[fkey]:
+                        probes[fkey]["build_s_random"] = probe_build(LITE[0])
+                    probes[pkey] = finetune_probe(probes[fkey], it.freeze)
                 else:
                     name = LITE[0] if it.model == "auto" else it.model
                     cfg = train_config(it, spec, seed, max_per_class, 1, backbone=name)
@@ -437,6 +524,7 @@ def run_zoo(*, out, quiet: bool = False, force: bool = False, cache_dir=None, se
     # -- the stages -------------------------------------------------------------------------
     rows: dict[str, dict] = {}
     done_est, done_act = 0.0, 0.0
+    from ensembles import log_loss as _ll
     items = [Item(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
              for d in plan["items"]]
     backbone_choice = st["decisions"].get("backbone")
@@ -497,6 +585,7 @@ def run_zoo(*, out, quiet: bool = False, force: bool = False, cache_dir=None, se
             row = _run_head(it, ds[it.size], out, seed, quiet, force,
                             cv=P["head_cv"], cs=P["head_cs"])
         row["name"] = label
+        row["val_log_loss"] = _ll(row["y_val"], row["val"])
         rows[it.name] = row
         took = time.perf_counter() - t0
         done_est += st["decisions"][it.name]["estimate_s"]
@@ -616,11 +705,12 @@ def _print_plan(plan: dict, progress) -> None:
              f"{_fmt_s(plan['available_s'])} available for them"]
     for d in plan["items"]:
         ep = plan["epochs"].get(d["name"])
-        lines.append(f"  {d['name']} ({d['kind']}"
+        lines.append(f"  {d['name'].format(backbone='(best backbone)')} ({d['kind']}"
                      + (f", {ep} epochs" if d["type"] == "train" else "")
                      + f"): ~{_fmt_s(plan['estimates'][d['name']])}")
     for s in plan["skipped"]:
-        lines.append(f"  skipped: {s['name']}: {s['reason']}")
+        lines.append(f"  skipped: {s['name'].format(backbone='(best backbone)')}: "
+                     f"{s['reason']}")
     progress("\n".join(lines))
 
 
@@ -679,8 +769,9 @@ def _run_head(it: Item, dataset, out: Path, seed: int, quiet, force, cv: int = 5
     paths, extract_s, ips, params = [], 0.0, [], 0
     for b in it.backbones:
         t0 = time.perf_counter()
-        p = features.extract(b, dataset, out / "features", weights="imagenet",
-                             image_size=(it.size, it.size), progress=not quiet)
+        p = features.extract(b, dataset, out / "features", weights="imagenet (zoo)",
+                             image_size=(it.size, it.size), progress=not quiet,
+                             model=cached_backbone(b))
         attrs = features.read_attrs(p)
         secs = float(attrs.get("seconds") or (time.perf_counter() - t0))
         extract_s += secs
@@ -829,8 +920,9 @@ def leaderboard(rows: list[dict], dataset, st: dict, plan: dict, budget: float, 
         s["rank"] = rank
         s["vs_best"] = None if i == best else log_loss_difference(y, rows[i]["test"],
                                                                   rows[best]["test"])
-    skipped = list(plan["skipped"]) + [
-        {"name": name.format(backbone=st["decisions"].get("backbone", "?")),
+    bb = st["decisions"].get("backbone") or "(best backbone)"
+    skipped = [dict(d, name=d["name"].format(backbone=bb)) for d in plan["skipped"]] + [
+        {"name": name.format(backbone=bb),
          "kind": next((d["kind"] for d in plan["items"] if d["name"] == name), ""),
          "reason": d["reason"]}
         for name, d in st["decisions"].items() if isinstance(d, dict) and d.get("skipped")]
