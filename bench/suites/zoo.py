@@ -445,7 +445,7 @@ def run_zoo(*, out, quiet: bool = False, force: bool = False, cache_dir=None, se
         native = peek_image_size(spec) or 32
     lo, hi = P["scratch_size"]
     S = int(min(hi, max(lo, native)))
-    F = int(min(P["feature_size"], max(64, native)))
+    F = int(min(P["feature_size"], max(min(64, P["feature_size"]), native)))
     T = int(min(P["finetune_size"], F))
     sizes = {"scratch": S, "feature": F, "finetune": T}
     progress(f"stage data: {spec} at {S} px (scratch), {F} px (features), {T} px "
@@ -874,9 +874,12 @@ def ensemble_rows(members: list[dict], zdir: Path, seed: int) -> list[dict]:
     sel = GreedyEnsembleSelection(n_iter=25).fit(val, y_val)
     row(f"greedy selection of {m} (Caruana, 25 picks)", sel.weights_, "weighted",
         sel.predict_proba(test), time.perf_counter() - t0)
+    folds = min(5, int(np.bincount(np.asarray(y_val)).min()))
+    if folds < 2:  # too few validation rows of some class to cross-validate a stack
+        return rows
     t0 = time.perf_counter()
     stack = StackingEnsemble([PrefitMember(f"m{i}") for i in range(m)],
-                             final=LogisticHead(cv=5, random_state=seed), cv=5).fit(
+                             final=LogisticHead(cv=folds, random_state=seed), cv=folds).fit(
         Views({f"m{i}": v for i, v in enumerate(val)}), y_val)
     p_test = stack.predict_proba(Views({f"m{i}": t for i, t in enumerate(test)}))
     fit_s = time.perf_counter() - t0
