@@ -158,12 +158,11 @@ def candidates(preset: dict, num_classes: int, sizes: dict) -> tuple[list[Item],
                        model="auto", size=T, epochs=ep, augment="flip", after=ft[0].name))
     concat = []
     if len(backbones) > 1:
-        concat.append(Item("concat(" + ",".join(b.replace("efficientnet_", "") for b in backbones)
-                           + ") features + logistic head", "frozen", "concat", size=F,
-                           backbones=tuple(backbones)))
+        concat.append(Item("concat({backbones}) features + logistic head", "frozen", "concat",
+                           size=F, backbones=tuple(backbones)))
     # Priority: one of each kind first, then the rest.
-    order = heads[:1] + scratch[:1] + heads[1:3] + ft[:2] + scratch[1:2] + concat + scratch[2:] \
-        + ft[2:] + heads[3:]
+    order = heads[:1] + scratch[:1] + ft[:2] + heads[1:2] + scratch[1:2] + concat + heads[2:3] \
+        + scratch[2:] + ft[2:] + heads[3:]
     if not preset["backbones"]:
         order = [it for it in order if it.model != "auto"]
     return order, skipped
@@ -526,7 +525,7 @@ def run_zoo(*, out, quiet: bool = False, force: bool = False, cache_dir=None, se
     done_est, done_act = 0.0, 0.0
     from ensembles import log_loss as _ll
     items = [Item(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-             for d in plan["items"]]
+             for d in plan["items"] + plan.get("reserve", [])]
     backbone_choice = st["decisions"].get("backbone")
     final_s = final_estimate(n, items)
     for i, it in enumerate(items):
@@ -549,12 +548,20 @@ def run_zoo(*, out, quiet: bool = False, force: bool = False, cache_dir=None, se
             st["decisions"]["backbone"] = backbone_choice
             progress(f"fine-tuning {backbone_choice}: its frozen head has the lowest "
                      f"validation log-loss ({best['val_log_loss']:.4f})")
-        est = it_est = plan["estimates"][it.name]
-        epochs = plan["epochs"].get(it.name, 1)
+        if it.type == "concat":
+            done_heads = [r["backbones"][0] for r in rows.values()
+                          if r["source"]["type"] == "head" and len(r["backbones"]) == 1]
+            if len(done_heads) < 2:
+                _skip(st, it, "fewer than 2 backbones' features ran", save_state)
+                continue
+            it = dataclasses.replace(it, backbones=tuple(done_heads))
+        est = it_est = plan["estimates"].get(it.name) or estimate(
+            it, plan["probes"].get(_probe_key(it), {}), n, it.epochs[0], num_classes)
+        epochs = plan["epochs"].get(it.name, it.epochs[0])
         if dec and "epochs" in dec:  # started before: keep what was decided
             epochs = dec["epochs"]
         else:
-            ratio = min(3.0, max(1.0, done_act / done_est)) if done_est > 30 else 1.0
+            ratio = min(3.0, max(0.5, done_act / done_est)) if done_est > 30 else 1.0
             left = clock.left() - budget * MARGIN / 2 - final_s
             probe = plan["probes"].get(_probe_key(it), {})
             scale = _backbone_scale(plan, it, backbone_choice)
@@ -566,14 +573,16 @@ def run_zoo(*, out, quiet: bool = False, force: bool = False, cache_dir=None, se
             if est > left:
                 _skip(st, it, f"budget: needs ~{_fmt_s(est)}, {_fmt_s(max(left, 0))} left",
                       save_state)
-                progress(f"skip {it.name.format(backbone=backbone_choice)}: needs "
+                progress(f"skip {it.name.format(backbone=backbone_choice, backbones='...')}: needs "
                          f"~{_fmt_s(est)}, {_fmt_s(max(left, 0))} left")
                 continue
             st["decisions"][it.name] = {"epochs": epochs, "estimate_s": est}
             save_state()
-        label = it.name.format(backbone=backbone_choice)
-        eta = sum(plan["estimates"][x.name] for x in items[i:]
-                  if not st["decisions"].get(x.name, {}).get("skipped")) + final_s
+        label = it.name.format(backbone=backbone_choice, backbones=",".join(
+            b.replace("efficientnet_", "") for b in it.backbones))
+        eta = sum(plan["estimates"].get(x.name, 0.0) for x in items[i:]
+                  if x.name in plan["epochs"]
+                  and not st["decisions"].get(x.name, {}).get("skipped")) + final_s
         progress(f"stage {i + 1}/{len(items)} {label} ({it.kind}"
                  + (f", {epochs} epochs" if it.type == "train" else "")
                  + f"): estimate {_fmt_s(est)}; ETA all {_fmt_s(eta)}")
@@ -651,7 +660,7 @@ def make_plan(order: list[Item], skipped: list[dict], probes: dict, n: dict, num
               available: float, head_work: float = 1.0) -> dict:
     """Each candidate at its fewest epochs in priority order while it fits, then more epochs
     round-robin while they fit; the rest skipped, with why."""
-    chosen, estimates, epochs = [], {}, {}
+    chosen, estimates, epochs, reserve = [], {}, {}, []
     left = available
     skipped = list(skipped)
     names = {it.name for it in order}
@@ -660,30 +669,23 @@ def make_plan(order: list[Item], skipped: list[dict], probes: dict, n: dict, num
         if it.type == "concat":
             heads = [c for c in chosen if c.type == "head"]
             if len(heads) < 2:
-                skipped.append({"name": it.name, "kind": it.kind,
-                                "reason": "fewer than 2 backbones fit the budget"})
+                reserve.append(it.to_json())
                 continue
-            it = dataclasses.replace(it, backbones=tuple(h.model for h in heads),
-                                     name="concat(" + ",".join(
-                                         h.model.replace("efficientnet_", "") for h in heads)
-                                     + ") features + logistic head")
         elif "error" in probe:
             skipped.append({"name": it.name, "kind": it.kind,
                             "reason": f"probe failed: {probe['error']}"})
             continue
-        if it.after and it.after not in {c.name for c in chosen}:
-            skipped.append({"name": it.name, "kind": it.kind,
-                            "reason": f"needs '{it.after}', which does not fit"})
-            continue
         e = estimate(it, probe, n, it.epochs[0], num_classes, head_work)
+        estimates[it.name] = e
+        if it.after and it.after not in {c.name for c in chosen}:
+            reserve.append(it.to_json())  # runs if its parent does and time is left
+            continue
         if e <= left:
             chosen.append(it)
-            estimates[it.name], epochs[it.name] = e, it.epochs[0]
+            epochs[it.name] = it.epochs[0]
             left -= e
-        else:
-            skipped.append({"name": it.name, "kind": it.kind,
-                            "reason": f"budget: needs ~{_fmt_s(e)} at {it.epochs[0]} "
-                                      f"epoch(s), {_fmt_s(max(left, 0))} left in the plan"})
+        else:  # kept in reserve: run at the end if the stages before took less than planned
+            reserve.append(it.to_json())
     grown = True
     while grown:
         grown = False
@@ -697,7 +699,8 @@ def make_plan(order: list[Item], skipped: list[dict], probes: dict, n: dict, num
                 grown = True
     del names
     return {"items": [c.to_json() for c in chosen], "estimates": estimates, "epochs": epochs,
-            "skipped": skipped, "available_s": available, "planned_s": available - left}
+            "skipped": skipped, "reserve": reserve, "available_s": available,
+            "planned_s": available - left}
 
 
 def _print_plan(plan: dict, progress) -> None:
@@ -708,6 +711,10 @@ def _print_plan(plan: dict, progress) -> None:
         lines.append(f"  {d['name'].format(backbone='(best backbone)')} ({d['kind']}"
                      + (f", {ep} epochs" if d["type"] == "train" else "")
                      + f"): ~{_fmt_s(plan['estimates'][d['name']])}")
+    for d in plan.get("reserve", []):
+        lines.append(f"  reserve (runs if time is left): "
+                     f"{d['name'].format(backbone='(best backbone)', backbones='...')}: "
+                     f"~{_fmt_s(plan['estimates'].get(d['name']))}")
     for s in plan["skipped"]:
         lines.append(f"  skipped: {s['name'].format(backbone='(best backbone)')}: "
                      f"{s['reason']}")
@@ -925,8 +932,9 @@ def leaderboard(rows: list[dict], dataset, st: dict, plan: dict, budget: float, 
                                                                   rows[best]["test"])
     bb = st["decisions"].get("backbone") or "(best backbone)"
     skipped = [dict(d, name=d["name"].format(backbone=bb)) for d in plan["skipped"]] + [
-        {"name": name.format(backbone=bb),
-         "kind": next((d["kind"] for d in plan["items"] if d["name"] == name), ""),
+        {"name": name.format(backbone=bb, backbones="..."),
+         "kind": next((d["kind"] for d in plan["items"] + plan.get("reserve", [])
+                       if d["name"] == name), ""),
          "reason": d["reason"]}
         for name, d in st["decisions"].items() if isinstance(d, dict) and d.get("skipped")]
     return {"rows": [scored[i] for i in order], "skipped": skipped,
