@@ -91,6 +91,16 @@ def _fmt_s(s: float | None) -> str:
     return f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s"
 
 
+class _Fill(dict):
+    def __missing__(self, key):
+        return {"backbone": "(best backbone)", "backbones": "..."}.get(key, "{" + key + "}")
+
+
+def label(name: str, **values) -> str:
+    """A stage name with its ``{backbone}`` / ``{backbones}`` filled in where known."""
+    return name.format_map(_Fill({k: v for k, v in values.items() if v}))
+
+
 def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
@@ -180,7 +190,7 @@ def train_config(item: Item, spec: str, seed: int, max_per_class, epochs: int,
                 augment=item.augment, patience=0, eval_batch_size=64,
                 weights="imagenet" if pretrained else None,
                 freeze=item.freeze if item.freeze == "backbone" else None,
-                tag=item.name.format(backbone=backbone or model),
+                tag=label(item.name, backbone=backbone or model),
                 **({"model_arg": tuple(tuple(a) for a in item.model_args)}
                    if item.model_args else {}))
 
@@ -533,7 +543,7 @@ def run_zoo(*, out, quiet: bool = False, force: bool = False, cache_dir=None, se
         if dec and dec.get("skipped"):
             continue
         if it.after and it.after not in rows:
-            _skip(st, it, f"needs '{it.after.format(backbone=backbone_choice or '?')}', "
+            _skip(st, it, f"needs '{label(it.after, backbone=backbone_choice)}', "
                           f"which did not run", save_state)
             continue
         if it.model == "auto" and backbone_choice is None:
@@ -573,17 +583,17 @@ def run_zoo(*, out, quiet: bool = False, force: bool = False, cache_dir=None, se
             if est > left:
                 _skip(st, it, f"budget: needs ~{_fmt_s(est)}, {_fmt_s(max(left, 0))} left",
                       save_state)
-                progress(f"skip {it.name.format(backbone=backbone_choice, backbones='...')}: needs "
+                progress(f"skip {label(it.name, backbone=backbone_choice)}: needs "
                          f"~{_fmt_s(est)}, {_fmt_s(max(left, 0))} left")
                 continue
             st["decisions"][it.name] = {"epochs": epochs, "estimate_s": est}
             save_state()
-        label = it.name.format(backbone=backbone_choice, backbones=",".join(
+        name = label(it.name, backbone=backbone_choice, backbones=",".join(
             b.replace("efficientnet_", "") for b in it.backbones))
         eta = sum(plan["estimates"].get(x.name, 0.0) for x in items[i:]
                   if x.name in plan["epochs"]
                   and not st["decisions"].get(x.name, {}).get("skipped")) + final_s
-        progress(f"stage {i + 1}/{len(items)} {label} ({it.kind}"
+        progress(f"stage {i + 1}/{len(items)} {name} ({it.kind}"
                  + (f", {epochs} epochs" if it.type == "train" else "")
                  + f"): estimate {_fmt_s(est)}; ETA all {_fmt_s(eta)}")
         t0 = time.perf_counter()
@@ -593,13 +603,13 @@ def run_zoo(*, out, quiet: bool = False, force: bool = False, cache_dir=None, se
         else:
             row = _run_head(it, ds[it.size], out, seed, quiet, force,
                             cv=P["head_cv"], cs=P["head_cs"])
-        row["name"] = label
+        row["name"] = name
         row["val_log_loss"] = _ll(row["y_val"], row["val"])
         rows[it.name] = row
         took = time.perf_counter() - t0
         done_est += st["decisions"][it.name]["estimate_s"]
         done_act += took
-        _record_stage(st, label, st["decisions"][it.name]["estimate_s"], took)
+        _record_stage(st, name, st["decisions"][it.name]["estimate_s"], took)
         save_state()
 
     # -- ensembles, leaderboard, export -----------------------------------------------------
@@ -708,15 +718,15 @@ def _print_plan(plan: dict, progress) -> None:
              f"{_fmt_s(plan['available_s'])} available for them"]
     for d in plan["items"]:
         ep = plan["epochs"].get(d["name"])
-        lines.append(f"  {d['name'].format(backbone='(best backbone)')} ({d['kind']}"
+        lines.append(f"  {label(d['name'])} ({d['kind']}"
                      + (f", {ep} epochs" if d["type"] == "train" else "")
                      + f"): ~{_fmt_s(plan['estimates'][d['name']])}")
     for d in plan.get("reserve", []):
         lines.append(f"  reserve (runs if time is left): "
-                     f"{d['name'].format(backbone='(best backbone)', backbones='...')}: "
+                     f"{label(d['name'])}: "
                      f"~{_fmt_s(plan['estimates'].get(d['name']))}")
     for s in plan["skipped"]:
-        lines.append(f"  skipped: {s['name'].format(backbone='(best backbone)')}: "
+        lines.append(f"  skipped: {label(s['name'])}: "
                      f"{s['reason']}")
     progress("\n".join(lines))
 
@@ -746,7 +756,7 @@ def _run_train(it: Item, spec, seed, max_per_class, epochs, backbone, dataset, o
                               max_per_class, parent["epochs"], backbone)
         freeze = _stage_freeze(backbone, num_classes, it.freeze)
         cfg = finetune_config(stage1, {"run_id": parent["run_id"]}, str(out), epochs, None,
-                              freeze).replace(tag=it.name.format(backbone=backbone))
+                              freeze).replace(tag=label(it.name, backbone=backbone))
     else:
         cfg = train_config(it, spec, seed, max_per_class, epochs, backbone)
     if devices:
@@ -931,8 +941,8 @@ def leaderboard(rows: list[dict], dataset, st: dict, plan: dict, budget: float, 
         s["vs_best"] = None if i == best else log_loss_difference(y, rows[i]["test"],
                                                                   rows[best]["test"])
     bb = st["decisions"].get("backbone") or "(best backbone)"
-    skipped = [dict(d, name=d["name"].format(backbone=bb)) for d in plan["skipped"]] + [
-        {"name": name.format(backbone=bb, backbones="..."),
+    skipped = [dict(d, name=label(d["name"], backbone=bb)) for d in plan["skipped"]] + [
+        {"name": label(name, backbone=bb),
          "kind": next((d["kind"] for d in plan["items"] + plan.get("reserve", [])
                        if d["name"] == name), ""),
          "reason": d["reason"]}
