@@ -151,8 +151,10 @@ class _Network:
         cfg = from_dict(bio.read_json(folder / "config.json"))
         self.size = tuple(meta["image_size"])
         self.batch = int(meta.get("batch_size") or cfg.eval_batch_size)
+        from .suites.zoo import materialize
+
         shim = _Shim(self.size, meta["classes"])
-        model = build_model(cfg, shim)
+        model = materialize(lambda: build_model(cfg, shim))  # weights come from weights.npz
         info = models.get_model_info(cfg.model.name)
         self.mesh = engine.Mesh.create(1)
         self.steps = engine.build_steps(

@@ -320,19 +320,28 @@ def fast_backbone(name: str, weights: bool = True):
 
     import models
 
-    abstract = nnx.eval_shape(lambda: models.create_model(name, num_classes=0, seed=0))
-    graphdef, state = nnx.split(abstract)
+    model = materialize(lambda: models.create_model(name, num_classes=0, seed=0))
+    if weights:
+        model.load_weights(str(models.resolve_pretrained(models.get_model_info(name),
+                                                          "imagenet")))
+    return model
+
+
+def materialize(build):
+    """The module ``build()`` makes, built abstractly and filled with zeros (RNG keys: key 0):
+    to be overwritten by loaded weights, without paying for a random initialisation."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    graphdef, state = nnx.split(nnx.eval_shape(build))
 
     def fill(s):
         if jnp.issubdtype(s.dtype, jax.dtypes.prng_key):
             return jax.random.key(0)
         return jnp.zeros(s.shape, s.dtype)
 
-    model = nnx.merge(graphdef, jax.tree.map(fill, nnx.as_pure(state)))
-    if weights:
-        model.load_weights(str(models.resolve_pretrained(models.get_model_info(name),
-                                                          "imagenet")))
-    return model
+    return nnx.merge(graphdef, jax.tree.map(fill, nnx.as_pure(state)))
 
 
 def probe_build(name: str) -> float:
