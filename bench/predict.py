@@ -123,7 +123,6 @@ def _export_row(zoo_out: Path, board: dict, row: dict, folder: Path, root: Path)
 def _save_backbone(name: str, path: Path) -> None:
     from flax import nnx
 
-    import models
     from . import engine
 
     from .suites.zoo import fast_backbone

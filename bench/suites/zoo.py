@@ -314,9 +314,6 @@ def fast_backbone(name: str, weights: bool = True):
     """``models.create_model(name, num_classes=0, weights='imagenet')`` without the random
     initialisation it starts with (a minute for an EfficientNet on a busy 2-core CPU): the
     model is built abstractly, filled with zeros, then the ImageNet file is loaded."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
 
     import models
 
@@ -414,17 +411,15 @@ class Clock:
 
 def run_zoo(*, out, quiet: bool = False, force: bool = False, cache_dir=None, seed: int = 0,
             devices: int | None = None, dataset: str | None = None, time_budget=None,
-            preset: str | None = None, max_per_class: int | None = None,
-            data=None) -> Path:
+            preset: str | dict | None = None, max_per_class: int | None = None) -> Path:
     """Run the zoo suite into ``out``; returns the leaderboard's path.
 
-    ``data``: an already loaded ``bench.data.Dataset`` to use at every size (tests); images
-    are then resized on device for the feature extractors.
+    ``preset``: ``'fast'``, ``'best'`` or a dict overriding the fast preset's keys (a custom
+    candidate set; tests use a tiny one).
     """
-    import models
     from bench.data import load_dataset, peek_image_size
 
-    if not dataset and data is None:
+    if not dataset:
         raise ValueError("--suite zoo needs --dataset (a folder or .zip of images, 'digits' or "
                          "tfds:NAME)")
     preset = preset or "best"
@@ -437,7 +432,7 @@ def run_zoo(*, out, quiet: bool = False, force: bool = False, cache_dir=None, se
     budget = parse_budget(time_budget if time_budget is not None else DEFAULT_BUDGET_S)
     out = Path(out)
     zdir = out / "zoo"
-    spec = str(dataset) if dataset else data.name
+    spec = str(dataset)
     key = {"version": ZOO_VERSION, "dataset": spec, "budget_s": budget, "preset": preset,
            "seed": seed, "max_per_class": max_per_class,
            "candidates": json.dumps(P, sort_keys=True, default=str)}
@@ -457,10 +452,7 @@ def run_zoo(*, out, quiet: bool = False, force: bool = False, cache_dir=None, se
 
     # -- data: one split, at the three sizes ---------------------------------------------------
     t0 = time.perf_counter()
-    if data is not None:
-        native = data.image_size[0]
-    else:
-        native = peek_image_size(spec) or 32
+    native = peek_image_size(spec) or 32
     lo, hi = P["scratch_size"]
     S = int(min(hi, max(lo, native)))
     F = int(min(P["feature_size"], max(min(64, P["feature_size"]), native)))
@@ -470,7 +462,7 @@ def run_zoo(*, out, quiet: bool = False, force: bool = False, cache_dir=None, se
              f"(fine-tuning); preset {preset}")
     ds = {}
     for s in sorted(set(sizes.values())):
-        ds[s] = data if data is not None else load_dataset(
+        ds[s] = load_dataset(
             spec, s, cache_dir=cache_dir, seed=seed, progress=not quiet,
             max_per_class=max_per_class)
     first = ds[S]
@@ -589,13 +581,26 @@ def run_zoo(*, out, quiet: bool = False, force: bool = False, cache_dir=None, se
                 while epochs > it.epochs[0] and est > left:
                     epochs -= 1
                     est = estimate(it, probe, n, epochs, num_classes) * ratio * scale
+            # Ahead of the plan: a share of the spare time buys this run more epochs.
+            later = [x for x in items[i + 1:]
+                     if not st["decisions"].get(x.name, {}).get("skipped")]
+            ahead = left - est - ratio * sum(plan["estimates"].get(x.name, 0.0) for x in later)
+            share = ahead / max(1, 1 + sum(1 for x in later if x.type == "train"
+                                           or x.name not in plan["epochs"]))
+            base = est
+            while it.type == "train" and epochs < it.epochs[1] and share > 0:
+                nxt = estimate(it, probe, n, epochs + 1, num_classes) * ratio * scale
+                if nxt - base > share:
+                    break
+                epochs, est = epochs + 1, nxt
             if est > left:
                 _skip(st, it, f"budget: needs ~{_fmt_s(est)}, {_fmt_s(max(left, 0))} left",
                       save_state)
                 progress(f"skip {label(it.name, backbone=backbone_choice)}: needs "
                          f"~{_fmt_s(est)}, {_fmt_s(max(left, 0))} left")
                 continue
-            st["decisions"][it.name] = {"epochs": epochs, "estimate_s": est}
+            st["decisions"][it.name] = {"epochs": epochs, "estimate_s": est,
+                                        "raw_s": est / (ratio * scale)}
             save_state()
         name = label(it.name, backbone=backbone_choice, backbones=",".join(
             b.replace("efficientnet_", "") for b in it.backbones))
@@ -616,7 +621,7 @@ def run_zoo(*, out, quiet: bool = False, force: bool = False, cache_dir=None, se
         row["val_log_loss"] = _ll(row["y_val"], row["val"])
         rows[it.name] = row
         took = time.perf_counter() - t0
-        done_est += st["decisions"][it.name]["estimate_s"]
+        done_est += st["decisions"][it.name].get("raw_s", st["decisions"][it.name]["estimate_s"])
         done_act += took
         _record_stage(st, name, st["decisions"][it.name]["estimate_s"], took)
         save_state()
@@ -788,7 +793,6 @@ def _run_train(it: Item, spec, seed, max_per_class, epochs, backbone, dataset, o
 def _run_head(it: Item, dataset, out: Path, seed: int, quiet, force, cv: int = 5,
               cs: int = 6) -> dict:
     import features
-    import models
     from ensembles import LogisticHead
 
     hdir = out / "zoo" / "heads"
