@@ -205,7 +205,6 @@ def _backbone(name: str, path: Path, size: tuple):
         from flax import nnx
 
         import features.extraction as fx
-        import models
         from . import engine
 
         # Built abstractly (no random initialisation: a minute for an EfficientNet on a busy
