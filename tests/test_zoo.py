@@ -193,3 +193,16 @@ def test_killed_run_resumes_to_the_same_leaderboard_without_repeating_work(zoo, 
     for ra, rb in zip(a, b):
         assert ra["accuracy"] == rb["accuracy"]
         assert ra["log_loss"] == pytest.approx(rb["log_loss"], abs=1e-6)
+
+
+def test_cli_flags_are_the_zoo_suites_only(tmp_path, capsys):
+    from bench.cli import main
+
+    assert main(["run", "--suite", "quick", "--time-budget", "5m", "--out", str(tmp_path)]) == 2
+    assert "--time-budget: the quick suite does not take it" in capsys.readouterr().err
+    assert main(["run", "--suite", "zoo", "--out", str(tmp_path)]) == 2
+    assert "needs --dataset" in capsys.readouterr().err
+    assert main(["run", "--suite", "zoo", "--dataset", "digits", "--time-budget", "soon",
+                 "--out", str(tmp_path)]) == 2
+    assert "--time-budget 'soon'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before any work

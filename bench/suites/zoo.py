@@ -10,18 +10,25 @@ network and every feature head sees the same train / val / test rows; checked):
 * frozen: pooled features of every pretrained backbone available (EfficientNet-Lite0/1/2,
   and the Keras ImageNet backbones whose files are present) with a logistic head each (fit
   on the training split), plus a head on their concatenation;
-* fine-tuned: the most promising backbone (lowest validation log-loss of its frozen head)
-  trained with a dense head on the frozen backbone, then its last two stages, then all of
-  it, from there (reports 003/004);
+* fine-tuned: the most promising EfficientNet-Lite backbone (lowest validation log-loss of
+  the frozen heads run by then; in the priority order below that is Lite0's, the cheapest)
+  trained with a dense head on the frozen backbone, then from there its last two stages, and
+  all of it (reports 003/004);
 * ensembles of all of these, fit on validation predictions: the average, a stack (logistic
   head on the members' validation log-probabilities) and greedy ensemble selection
   (Caruana et al. 2004, with replacement; ``ensembles.GreedyEnsembleSelection``).
 
-The budget: after the data are loaded, each candidate is probed (its train step compiled and
-timed for a few steps, its evaluation / feature-extraction step likewise) and the plan gives
-each one the epochs that fit; what does not fit is skipped with the reason. Before each stage
-its estimate (scaled by how far the finished stages' estimates were off) is checked against
-the time left; a stage that no longer fits runs fewer epochs or is skipped. The plan and every
+The budget: after the data are loaded, each candidate is probed: a scratch network's train
+step is compiled and timed for a few steps, and its eval step; a backbone's forward pass is
+compiled and timed on a batch (feature extraction), and the fine-tuning stages' steps are
+scaled from Lite0's forward pass (``FT_STEP_FACTOR``: compiling an EfficientNet train step
+alone takes about a minute on a busy 2-core CPU) plus a measured random initialisation. The
+plan takes candidates in priority order (one of each kind first) at their fewest epochs
+while they fit, then adds epochs; the rest wait in reserve. Before each stage its estimate,
+scaled by how far the finished stages' estimates were off (0.5x..3x), is checked against the
+time left: a stage that no longer fits runs fewer epochs or is skipped, one that finds spare
+time takes a share of it as more epochs, and reserve candidates run while they fit; what is
+skipped is listed with the reason. The plan and every
 decision are saved (``OUT/zoo/plan.json``, ``OUT/zoo/state.json``), so a killed run, rerun
 with the same command, resumes with the same plan: finished runs and heads are reused, a run
 in progress resumes from its last epoch, features are cached.
