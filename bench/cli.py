@@ -51,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a suite of models and write the comparison table")
     p.add_argument("--suite", default="quick",
-                   help="'quick' (default: two models on --dataset) or 'seeds' (the five "
-                        "reports replayed on --data-root; writes results/seeds/)")
+                   help="'quick' (default: two models on --dataset), 'seeds' (the five "
+                        "reports replayed on --data-root; writes results/seeds/) or 'zoo' "
+                        "(scratch, frozen, fine-tuned and ensembled models on --dataset within "
+                        "--time-budget; one leaderboard)")
     p.add_argument("--dataset", help="quick: 'digits' (bundled default), a folder or .zip, "
                    "or tfds:NAME")
     p.add_argument("--data-root", help="seeds: folder with the data sets it needs "
@@ -61,9 +63,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: 000,001,002,003,004)")
     p.add_argument("--epochs", type=int, help="override every run's epochs")
     p.add_argument("--max-per-class", type=int, help="use at most N images per class")
+    p.add_argument("--time-budget", help="zoo: wall-time budget, e.g. 20m, 90s, 1h (default 20m)")
+    p.add_argument("--preset", choices=("fast", "best"), help="zoo: candidate set (default best)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true")
     _add_common(p)
+
+    p = sub.add_parser("predict", help="predict images with a zoo leaderboard row or an "
+                       "exported predictor folder")
+    p.add_argument("--from", dest="from_", required=True,
+                   help="a zoo output folder (OUT) or an exported predictor folder (OUT/best)")
+    p.add_argument("--model", help="'best' (default) or a leaderboard row's name")
+    p.add_argument("images", nargs="+", metavar="IMAGES_OR_FOLDER")
+    p.add_argument("--out", required=True, help="predictions file (.csv)")
+    p.add_argument("--format", default="csv", help="'csv' (file, predicted class, class "
+                   "probabilities) or 'kaggle' (id,label: the positive class's probability)")
 
     p = sub.add_parser("train", help="train and evaluate one model")
     _add_train_args(p)
@@ -198,7 +212,7 @@ def cmd_run(args) -> int:
 
     suite = get_suite(args.suite)
     given = {k: getattr(args, k) for k in ("dataset", "data_root", "sections", "epochs",
-                                          "max_per_class")
+                                          "max_per_class", "time_budget", "preset")
              if getattr(args, k) is not None}
     refused = sorted(set(given) - set(suite.accepts))
     if refused:
@@ -405,6 +419,12 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from .predict import cmd_predict as run
+
+    return run(args)
+
+
 def _inspect(args) -> int:
     from .inspect import cmd_inspect
 
@@ -414,7 +434,7 @@ def _inspect(args) -> int:
 COMMANDS = {"run": cmd_run, "train": cmd_train, "features": cmd_features,
             "ensemble": cmd_ensemble, "group": cmd_group, "speed": cmd_speed,
             "compare": cmd_compare, "report": cmd_report, "models": cmd_models,
-            "inspect": lambda args: _inspect(args)}
+            "inspect": lambda args: _inspect(args), "predict": cmd_predict}
 
 
 def main(argv: list[str] | None = None) -> int:

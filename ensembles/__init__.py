@@ -7,6 +7,8 @@ the models, features or bench packages, and JAX is imported only when a JAX head
 * ``ConcatHead``: one head over several backbones' embeddings, optionally with dropout.
 * ``StackingEnsemble``, ``AveragingEnsemble``, ``VotingEnsemble``, ``PrefitMember``,
   ``Views``: ensembles of heads and of networks trained elsewhere.
+* ``GreedyEnsembleSelection``: Caruana et al. 2004 forward selection with replacement over
+  members' probabilities (AutoGluon's weighted ensemble).
 * ``metrics``: accuracy, top-k, Kaggle log-loss, ECE, ``compare`` for results tables.
 * ``grouping``: merge classes that a model confuses (report 004).
 """
@@ -22,11 +24,13 @@ from .metrics import (
     log_loss_difference,
     top_k_accuracy,
 )
+from .selection import GreedyEnsembleSelection
 from .stacking import AveragingEnsemble, PrefitMember, StackingEnsemble, Views, VotingEnsemble
 
 __all__ = [
     "AveragingEnsemble",
     "ConcatHead",
+    "GreedyEnsembleSelection",
     "LogisticHead",
     "PrefitMember",
     "StackingEnsemble",

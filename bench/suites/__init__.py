@@ -40,12 +40,21 @@ def _seeds(*, out, quiet, force, cache_dir, seed, devices, data_root=None, secti
                      cache_dir=cache_dir, seed=seed, devices=devices, overrides=overrides)
 
 
+def _zoo(**kw):
+    from .zoo import run_zoo
+
+    return run_zoo(**kw)
+
+
 SUITES = {
     "quick": Suite("quick", _quick, ("dataset", "epochs", "max_per_class"),
                    help="a small CNN and ResNet-20 at 32x32 on --dataset"),
     "seeds": Suite("seeds", _seeds, ("data_root", "sections", "epochs", "max_per_class"),
                    default_out="results/seeds",
                    help="the five source reports replayed on --data-root"),
+    "zoo": Suite("zoo", _zoo, ("dataset", "time_budget", "preset", "max_per_class"),
+                 help="scratch, frozen, fine-tuned and ensembled models on --dataset within "
+                      "--time-budget: OUT/leaderboard.md and OUT/best/"),
 }
 
 

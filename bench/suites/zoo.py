@@ -1,0 +1,1141 @@
+"""The zoo suite: every kind of model on your images, within a time budget, one leaderboard.
+
+``bench run --suite zoo --dataset PATH [--time-budget 20m] [--preset fast|best]`` works on
+ONE split of the data (the same spec, seed and fractions for every run, so every trained
+network and every feature head sees the same train / val / test rows; checked):
+
+* scratch: the report CNNs (``benchmark_cnn``, ``basic_cnn``), ResNet-20 and the small-CNN
+  grid's best (``small_cnn`` depth 5 width 128) at the data's resolution (32..64 px), each an
+  ordinary resumable ``bench.train.train`` run;
+* frozen: pooled features of every pretrained backbone available (EfficientNet-Lite0/1/2,
+  and the Keras ImageNet backbones whose files are present) with a logistic head each (fit
+  on the training split), plus a head on their concatenation;
+* fine-tuned: the most promising EfficientNet-Lite backbone (lowest validation log-loss of
+  the frozen heads run by then; in the priority order below that is Lite0's, the cheapest)
+  trained with a dense head on the frozen backbone, then from there its last two stages, and
+  all of it (reports 003/004);
+* ensembles of all of these, fit on validation predictions: the average, a stack (logistic
+  head on the members' validation log-probabilities) and greedy ensemble selection
+  (Caruana et al. 2004, with replacement; ``ensembles.GreedyEnsembleSelection``).
+
+The budget: after the data are loaded, each candidate is probed: a scratch network's train
+step is compiled and timed for a few steps, and its eval step; a backbone's forward pass is
+compiled and timed on a batch (feature extraction), and the fine-tuning stages' steps are
+scaled from Lite0's forward pass (``FT_STEP_FACTOR``: compiling an EfficientNet train step
+alone takes about a minute on a busy 2-core CPU) plus a measured random initialisation. The
+plan takes candidates in priority order (one of each kind first) at their fewest epochs
+while they fit, then adds epochs; the rest wait in reserve. Before each stage its estimate,
+scaled by how far the finished stages' estimates were off (0.5x..3x), is checked against the
+time left: a stage that no longer fits runs fewer epochs or is skipped, one that finds spare
+time takes a share of it as more epochs, and reserve candidates run while they fit; what is
+skipped is listed with the reason. The plan and every
+decision are saved (``OUT/zoo/plan.json``, ``OUT/zoo/state.json``), so a killed run, rerun
+with the same command, resumes with the same plan: finished runs and heads are reused, a run
+in progress resumes from its last epoch, features are cached.
+
+Writes ``OUT/leaderboard.md``, ``.csv``, ``.html`` (a fragment for ``report.html``),
+``OUT/leaderboard_pareto.png``, ``OUT/zoo.json`` and the best row's exported predictor in
+``OUT/best/`` (``bench predict``, ``bench.load_predictor``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import time
+from pathlib import Path
+from types import SimpleNamespace
+import numpy as np
+
+from runtime import io as bio
+from runtime.progress import say
+
+ZOO_VERSION = 1
+DEFAULT_BUDGET_S = 20 * 60
+MARGIN = 0.06  # share of the budget kept back for timing noise
+LITE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+KINDS = ("scratch", "frozen", "fine-tuned", "ensemble")
+
+PRESETS = {
+    # scratch models: (model, model_args, augment); epochs (min, max) per kind.
+    "fast": dict(scratch=(("benchmark_cnn", (), "none"), ("resnet20", (), "flip")),
+                 backbones=LITE[:1], keras=False, scratch_size=(32, 32), feature_size=96,
+                 finetune_size=64, scratch_epochs=(2, 10), finetune_epochs=None,
+                 finetune_last_k=2, finetune_all=False, head_cv=3, head_cs=4),
+    "best": dict(scratch=(("benchmark_cnn", (), "none"), ("resnet20", (), "flip"),
+                          ("small_cnn", (("depth", 5), ("width", 128)), "flip"),
+                          ("basic_cnn", (), "none")),
+                 backbones=LITE, keras=True, scratch_size=(32, 64), feature_size=224,
+                 finetune_size=128, scratch_epochs=(2, 15), finetune_epochs=(1, 3),
+                 finetune_last_k=2, finetune_all=True, head_cv=5, head_cs=6),
+}
+
+
+def parse_budget(text) -> float:
+    """``'20m'``, ``'90s'``, ``'1.5h'``, ``'1h30m'`` or plain seconds -> seconds."""
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        s = str(text).strip().lower().replace(" ", "")
+        parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?:in)?)?"
+                             r"(?:(\d+(?:\.\d+)?)s?)?", s)
+        if not s or parts is None or not any(parts.groups()):
+            raise ValueError(f"--time-budget {text!r}: expected a duration such as 20m, 90s, "
+                             f"1h30m or a number of seconds")
+        h, m, sec = (float(g) if g else 0.0 for g in parts.groups())
+        value = 3600 * h + 60 * m + sec
+    if not value > 0:
+        raise ValueError(f"--time-budget {text!r}: must be more than 0 seconds")
+    return value
+
+
+def _fmt_s(s: float | None) -> str:
+    if s is None:
+        return ""
+    s = max(0.0, float(s))
+    return f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s"
+
+
+class _Fill(dict):
+    def __missing__(self, key):
+        return {"backbone": "(best backbone)", "backbones": "..."}.get(key, "{" + key + "}")
+
+
+def label(name: str, **values) -> str:
+    """A stage name with its ``{backbone}`` / ``{backbones}`` filled in where known."""
+    return name.format_map(_Fill({k: v for k, v in values.items() if v}))
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+# ---------------------------------------------------------------------------------------------
+# Candidates
+
+
+@dataclasses.dataclass
+class Item:
+    """One stage of the plan: a trained run, a feature head, or a concatenated head."""
+
+    name: str
+    kind: str            # scratch / frozen / fine-tuned
+    type: str            # train / head / concat
+    model: str = ""
+    size: int = 0
+    epochs: tuple[int, int] = (1, 1)
+    model_args: tuple = ()
+    augment: str = "none"
+    after: str = ""      # the item this one starts from (fine-tuning)
+    freeze: str | None = None
+    backbones: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def candidates(preset: dict, num_classes: int, sizes: dict) -> tuple[list[Item], list[dict]]:
+    """The preset's candidates in priority order, and the backbones left out (with why)."""
+    import models
+
+    S, F, T = sizes["scratch"], sizes["feature"], sizes["finetune"]
+    backbones = list(preset["backbones"])
+    skipped = []
+    if preset["keras"]:
+        for name in models.list_models():
+            info = models.get_model_info(name)
+            if name in LITE or "imagenet" not in info.pretrained:
+                continue
+            try:
+                models.resolve_pretrained(info, "imagenet")
+                backbones.append(name)
+            except (FileNotFoundError, ValueError) as e:
+                skipped.append({"name": f"{name} features + logistic head", "kind": "frozen",
+                                "reason": f"no ImageNet weights file ({str(e).splitlines()[0]})"})
+    heads = [Item(f"{b} features + logistic head", "frozen", "head", model=b, size=F,
+                  backbones=(b,)) for b in backbones]
+    scratch = [Item(f"{m}" + (" " + " ".join(f"{k[0]}{v}" for k, v in args) if args else "")
+                    + f" {S}px", "scratch", "train", model=m, size=S,
+                    epochs=tuple(preset["scratch_epochs"]), model_args=args, augment=aug)
+               for m, args, aug in preset["scratch"]]
+    ft = []
+    ep = tuple(preset["finetune_epochs"] or (0, 0))
+    k = preset["finetune_last_k"]
+    ft.append(Item("{backbone} frozen + trained dense head", "frozen", "train", model="auto",
+                   size=T, epochs=ep, augment="flip", freeze="backbone"))
+    ft.append(Item(f"{{backbone}} fine-tuned (last {k} stages)", "fine-tuned", "train",
+                   model="auto", size=T, epochs=ep, augment="flip", after=ft[0].name,
+                   freeze=f"last{k}"))
+    if not preset["finetune_epochs"]:
+        ft = []
+    elif preset["finetune_all"]:
+        ft.append(Item("{backbone} fine-tuned (all layers)", "fine-tuned", "train",
+                       model="auto", size=T, epochs=ep, augment="flip", after=ft[0].name))
+    concat = []
+    if len(backbones) > 1:
+        concat.append(Item("concat({backbones}) features + logistic head", "frozen", "concat",
+                           size=F, backbones=tuple(backbones)))
+    # Priority: one of each kind first, then the rest.
+    order = heads[:1] + scratch[:1] + ft[:2] + heads[1:2] + scratch[1:2] + concat + heads[2:3] \
+        + scratch[2:] + ft[2:] + heads[3:]
+    if not preset["backbones"]:
+        order = [it for it in order if it.model != "auto"]
+    return order, skipped
+
+
+def train_config(item: Item, spec: str, seed: int, max_per_class, epochs: int,
+                 backbone: str | None = None):
+    from bench.config import make
+
+    model = backbone if item.model == "auto" else item.model
+    pretrained = item.model == "auto"
+    return make(model=model, dataset=spec, image_size=item.size, seed=seed,
+                max_per_class=max_per_class, epochs=epochs, batch_size=32, optimizer="adam",
+                lr=1e-3, weight_decay=0.0, schedule="constant", warmup_epochs=0.0,
+                augment=item.augment, patience=0, eval_batch_size=64,
+                weights="imagenet" if pretrained else None,
+                freeze=item.freeze if item.freeze == "backbone" else None,
+                tag=label(item.name, backbone=backbone or model),
+                **({"model_arg": tuple(tuple(a) for a in item.model_args)}
+                   if item.model_args else {}))
+
+
+def _stage_freeze(backbone: str, num_classes: int, freeze: str | None) -> str | None:
+    """'lastK' -> the block after which training starts (the last K stages, head_conv and
+    the head train), as ``bench/suites/seeds.py`` section 004 does."""
+    if not freeze or not freeze.startswith("last"):
+        return freeze
+    import models
+    from flax import nnx
+
+    k = int(freeze[4:])
+    blocks = nnx.eval_shape(lambda: models.create_model(backbone, num_classes=num_classes)
+                            ).block_names()
+    stages = [b for b in blocks if b.startswith("stage")]
+    return stages[-k - 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Probes
+
+
+def probe_train(cfg, num_classes: int, n_probe: int = 3) -> dict:
+    """Compile ``cfg``'s train and eval steps (random weights: the cost is the same) on a
+    synthetic batch and time a few steps: the cost of one step and one eval batch."""
+    import jax
+    from flax import nnx
+
+    import models
+    from bench import engine
+    from bench.train import build_model
+
+    info = models.get_model_info(cfg.model.name)
+    size = cfg.data.image_size
+    shim = SimpleNamespace(image_size=(size, size), classes=list(range(num_classes)))
+    t_all = time.perf_counter()
+    model = build_model(cfg.replace(weights=None, init_from=None), shim)
+    build_s = time.perf_counter() - t_all
+    mesh = engine.Mesh.create(cfg.devices)
+    schedule = engine.make_schedule(cfg.optim, 10, cfg.optim.epochs)
+    params = nnx.as_pure(nnx.state(model, nnx.Param))
+    freeze = cfg.model.freeze
+    mask = engine.freeze_mask(model, params, freeze)
+    tx = engine.make_optimizer(cfg.optim, schedule, mask)
+    steps = engine.build_steps(model, tx, num_classes=num_classes,
+                               preprocessing=info.preprocessing, augment=cfg.augment,
+                               label_smoothing=cfg.optim.label_smoothing, mesh=mesh,
+                               freeze=freeze, trainable_mask=mask, precision=cfg.precision)
+    state = engine.replicate(engine.init_state(model, tx), mesh)
+    params_total = models.param_count(model)["total"]
+    del model
+    b = cfg.optim.batch_size - cfg.optim.batch_size % mesh.n
+    rng = np.random.default_rng(0)
+    x_all = engine.to_global(rng.integers(0, 256, (b, size, size, 3), np.uint8), mesh.replicated)
+    y_all = engine.to_global(rng.integers(0, num_classes, b).astype(np.int32), mesh.replicated)
+    idx = engine.to_global(np.arange(b, dtype=np.int32), mesh.data)
+    key = jax.random.key(0)
+    t0 = time.perf_counter()
+    train = steps.train.lower(state, x_all, y_all, idx, key).compile()
+    compile_s = time.perf_counter() - t0
+    times = []
+    for i in range(n_probe + 1):
+        s0 = time.perf_counter()
+        state, m = train(state, x_all, y_all, idx, key)
+        float(m["loss"])
+        times.append(time.perf_counter() - s0)
+    eb = cfg.eval_batch_size
+    xe = engine.to_global(rng.integers(0, 256, (eb, size, size, 3), np.uint8), mesh.data)
+    e0 = time.perf_counter()
+    steps.eval(state, xe).block_until_ready()
+    eval_compile_s = time.perf_counter() - e0
+    e1 = time.perf_counter()
+    steps.eval(state, xe).block_until_ready()
+    eval_s = time.perf_counter() - e1
+    jax.clear_caches()
+    return {"step_s": float(np.median(times[1:])), "batch": b, "compile_s": compile_s,
+            "eval_batch_s": eval_s, "eval_batch": eb, "eval_compile_s": eval_compile_s,
+            "build_s": build_s, "params": params_total, "probe_s": time.perf_counter() - t_all}
+
+
+def probe_features(backbone: str, size: int, batch: int = 64) -> dict:
+    """Compile the feature-extraction forward pass of ``backbone`` at ``size`` and time a
+    batch: images per second of extraction."""
+    import jax
+
+    import features.extraction as fx
+    import models
+
+    t_all = time.perf_counter()
+    model = cached_backbone(backbone)
+    build_s = time.perf_counter() - t_all
+    model.eval()
+    params_total = models.param_count(model)["total"]
+    forward, state, sharding = fx._compile_forward(backbone, model, jax.local_devices()[:1],
+                                                   (size, size))
+    x = jax.device_put(np.random.default_rng(0).integers(0, 256, (batch, size, size, 3),
+                                                         np.uint8), sharding)
+    t0 = time.perf_counter()
+    np.asarray(forward(state, x))
+    compile_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    np.asarray(forward(state, x))
+    batch_s = time.perf_counter() - t1
+    return {"img_per_s": batch / batch_s, "compile_s": max(0.0, compile_s - batch_s),
+            "build_s": build_s, "params": params_total, "probe_s": time.perf_counter() - t_all}
+
+
+_BUILT: dict = {}
+
+
+def cached_backbone(name: str):
+    """``fast_backbone(name)``, built once per process (the probe's model is the one that
+    extracts, and its compiled forward pass is reused)."""
+    if name not in _BUILT:
+        _BUILT[name] = fast_backbone(name)
+    return _BUILT[name]
+
+
+def fast_backbone(name: str, weights: bool = True):
+    """``models.create_model(name, num_classes=0, weights='imagenet')`` without the random
+    initialisation it starts with (a minute for an EfficientNet on a busy 2-core CPU): the
+    model is built abstractly, filled with zeros, then the ImageNet file is loaded."""
+
+    import models
+
+    model = materialize(lambda: models.create_model(name, num_classes=0, seed=0))
+    if weights:
+        model.load_weights(str(models.resolve_pretrained(models.get_model_info(name),
+                                                          "imagenet")))
+    return model
+
+
+def materialize(build):
+    """The module ``build()`` makes, built abstractly and filled with zeros (RNG keys: key 0):
+    to be overwritten by loaded weights, without paying for a random initialisation."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    graphdef, state = nnx.split(nnx.eval_shape(build))
+
+    def fill(s):
+        if jnp.issubdtype(s.dtype, jax.dtypes.prng_key):
+            return jax.random.key(0)
+        return jnp.zeros(s.shape, s.dtype)
+
+    return nnx.merge(graphdef, jax.tree.map(fill, nnx.as_pure(state)))
+
+
+def probe_build(name: str) -> float:
+    """Seconds ``models.create_model`` takes for ``name`` with random weights (what a
+    training run of it spends before its first step)."""
+    import models
+
+    t0 = time.perf_counter()
+    models.create_model(name, num_classes=2, seed=0)
+    return time.perf_counter() - t0
+
+
+# Training-step cost relative to the forward pass (per image), and compile time relative to
+# the forward pass's, for the fine-tuning stages (the backward pass of what trains).
+FT_STEP_FACTOR = {"backbone": 1.3, "last": 2.3, None: 3.0}
+FT_COMPILE_FACTOR = {"backbone": 3.0, "last": 5.0, None: 5.0}
+
+
+def finetune_probe(fwd: dict, freeze: str | None, batch: int = 32, eval_batch: int = 64) -> dict:
+    """A fine-tuning stage's step costs from its backbone's measured forward pass."""
+    if "error" in fwd:
+        return fwd
+    f = "last" if freeze and freeze.startswith("last") else freeze
+    per_img = 1.0 / fwd["img_per_s"]
+    return {"step_s": FT_STEP_FACTOR[f] * batch * per_img, "batch": batch,
+            "compile_s": FT_COMPILE_FACTOR[f] * fwd["compile_s"], "eval_batch": eval_batch,
+            "eval_batch_s": eval_batch * per_img, "eval_compile_s": fwd["compile_s"],
+            "build_s": fwd.get("build_s_random", 0.0),
+            "from": f"forward pass at this size, training step x{FT_STEP_FACTOR[f]}, compile "
+                    f"x{FT_COMPILE_FACTOR[f]}"}
+
+
+def estimate(item: Item, probe: dict, n: dict, epochs: int, num_classes: int,
+             head_work: float = 1.0) -> float:
+    """Seconds ``item`` should take at ``epochs`` (train) from its probe and the split sizes."""
+    if item.type == "train":
+        steps = max(1, n["train"] // probe["batch"])
+        eval_batches = math.ceil(n["val"] / probe["eval_batch"])
+        test_batches = math.ceil(n["test"] / probe["eval_batch"])
+        per_epoch = steps * probe["step_s"] + eval_batches * probe["eval_batch_s"]
+        # Fixed: building the model and the near-duplicate check (~5 s), the two compiles,
+        # the test pass, saving.
+        return (5.0 + probe.get("build_s", 0.0) + probe["compile_s"] + probe["eval_compile_s"]
+                + epochs * per_epoch
+                + test_batches * probe["eval_batch_s"])
+    total = n["train"] + n["val"] + n["test"]
+    head = 3.0 + 4e-6 * head_work * n["train"] * probe.get("dim", 1280) * max(num_classes, 2)
+    if item.type == "head":
+        return (3.0 + probe.get("build_s", 0.0) + probe["compile_s"] + total / probe["img_per_s"]
+                + head)
+    return head * 1.5  # concat: the features are there already
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+class Clock:
+    """The budget across invocations: ``spent`` seconds of earlier ones are carried over."""
+
+    def __init__(self, budget: float, spent: float):
+        self.budget, self.t0, self.spent0 = budget, time.perf_counter(), spent
+
+    def used(self) -> float:
+        return self.spent0 + time.perf_counter() - self.t0
+
+    def left(self) -> float:
+        return self.budget - self.used()
+
+
+def run_zoo(*, out, quiet: bool = False, force: bool = False, cache_dir=None, seed: int = 0,
+            devices: int | None = None, dataset: str | None = None, time_budget=None,
+            preset: str | dict | None = None, max_per_class: int | None = None) -> Path:
+    """Run the zoo suite into ``out``; returns the leaderboard's path.
+
+    ``preset``: ``'fast'``, ``'best'`` or a dict overriding the fast preset's keys (a custom
+    candidate set; tests use a tiny one).
+    """
+    from bench.data import load_dataset, peek_image_size
+
+    if not dataset:
+        raise ValueError("--suite zoo needs --dataset (a folder or .zip of images, 'digits' or "
+                         "tfds:NAME)")
+    preset = preset or "best"
+    if isinstance(preset, dict):  # a custom candidate set (library use, tests)
+        P, preset = {**PRESETS["fast"], **preset}, preset.get("name", "custom")
+    elif preset in PRESETS:
+        P = PRESETS[preset]
+    else:
+        raise ValueError(f"--preset {preset!r}: expected one of {', '.join(PRESETS)}")
+    budget = parse_budget(time_budget if time_budget is not None else DEFAULT_BUDGET_S)
+    out = Path(out)
+    zdir = out / "zoo"
+    spec = str(dataset)
+    key = {"version": ZOO_VERSION, "dataset": spec, "budget_s": budget, "preset": preset,
+           "seed": seed, "max_per_class": max_per_class,
+           "candidates": json.dumps(P, sort_keys=True, default=str)}
+    state_path, plan_path = zdir / "state.json", zdir / "plan.json"
+    st = bio.read_json(state_path) if state_path.exists() and not force else {}
+    if st.get("key") != key:
+        st = {"key": key, "spent_s": 0.0, "stages": {}, "decisions": {}}
+    clock = Clock(budget, st["spent_s"])
+
+    def save_state():
+        st["spent_s"] = clock.used()
+        bio.write_json(state_path, st)
+
+    def progress(msg: str):
+        say(quiet, f"[zoo {_fmt_s(clock.used())} of {_fmt_s(budget)}, "
+                   f"{_fmt_s(clock.left())} left] {msg}")
+
+    # -- data: one split, at the three sizes ---------------------------------------------------
+    t0 = time.perf_counter()
+    native = peek_image_size(spec) or 32
+    lo, hi = P["scratch_size"]
+    S = int(min(hi, max(lo, native)))
+    F = int(min(P["feature_size"], max(min(64, P["feature_size"]), native)))
+    T = int(min(P["finetune_size"], F))
+    sizes = {"scratch": S, "feature": F, "finetune": T}
+    progress(f"stage data: {spec} at {S} px (scratch), {F} px (features), {T} px "
+             f"(fine-tuning); preset {preset}")
+    ds = {}
+    for s in sorted(set(sizes.values())):
+        ds[s] = load_dataset(
+            spec, s, cache_dir=cache_dir, seed=seed, progress=not quiet,
+            max_per_class=max_per_class)
+    first = ds[S]
+    for s, d in ds.items():
+        if d.fingerprint != first.fingerprint or any(
+                not np.array_equal(d.splits[k].labels, first.splits[k].labels)
+                for k in ("train", "val", "test")):
+            raise ValueError(f"{spec}: the split at {s} px differs from the one at {S} px")
+    num_classes = len(first.classes)
+    n = {k: len(first.splits[k].labels) for k in ("train", "val", "test")}
+    if min(n.values()) == 0:
+        raise ValueError(f"--dataset {spec}: the zoo needs train, val and test images; got "
+                         f"train/val/test {n['train']}/{n['val']}/{n['test']}")
+    if "near_duplicates" not in st:
+        from bench.inspect import cross_split_near_duplicates
+
+        pairs = cross_split_near_duplicates(first)
+        st["near_duplicates"] = {
+            f"{a}-{b}": sum(1 for p in pairs if {p.split_a, p.split_b} == {a, b})
+            for a, b in (("train", "val"), ("train", "test"), ("val", "test"))}
+    _record_stage(st, "data", None, time.perf_counter() - t0)
+    save_state()
+
+    # -- probe and plan ---------------------------------------------------------------------
+    if plan_path.exists() and not force and bio.read_json(plan_path).get("key") == key:
+        plan = bio.read_json(plan_path)
+        progress(f"plan: reusing {plan_path} (made {plan['made']})")
+    else:
+        t0 = time.perf_counter()
+        order, skipped = candidates(P, num_classes, sizes)
+        probes = {}
+        for it in order:
+            if it.type == "concat":
+                continue
+            pkey = _probe_key(it)
+            if pkey in probes:
+                continue
+            progress(f"stage probe: {pkey}")
+            try:
+                if it.type == "head":
+                    probes[pkey] = probe_features(it.model, it.size)
+                elif it.model == "auto":
+                    # Compiling an EfficientNet train step takes a minute on a busy 2-core
+                    # CPU: its forward pass is probed and the training step scaled from it.
+                    fkey = f"features:{LITE[0]}@{it.size}"
+                    if fkey not in probes:
+                        probes[fkey] = probe_features(LITE[0], it.size)
+                    if "build_s_random" not in probes[fkey]:
+                        probes[fkey]["build_s_random"] = probe_build(LITE[0])
+                    probes[pkey] = finetune_probe(probes[fkey], it.freeze)
+                else:
+                    name = LITE[0] if it.model == "auto" else it.model
+                    cfg = train_config(it, spec, seed, max_per_class, 1, backbone=name)
+                    if it.freeze and it.freeze.startswith("last"):
+                        cfg = cfg.replace(freeze=_stage_freeze(name, num_classes, it.freeze))
+                    probes[pkey] = probe_train(cfg, num_classes)
+            except Exception as e:  # a candidate that cannot even be built is skipped
+                probes[pkey] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
+        plan = make_plan(order, skipped, probes, n, num_classes,
+                         available=clock.left() - budget * MARGIN - final_estimate(n, order),
+                         head_work=(P["head_cv"] + 1) * P["head_cs"] / 36)
+        plan.update(key=key, sizes=sizes, made=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    probe_s=time.perf_counter() - t0, probes=probes)
+        bio.write_json(plan_path, plan)
+        _record_stage(st, "probe", None, time.perf_counter() - t0)
+        save_state()
+    _print_plan(plan, progress)
+
+    # -- the stages -------------------------------------------------------------------------
+    rows: dict[str, dict] = {}
+    done_est, done_act = 0.0, 0.0
+    from ensembles import log_loss as _ll
+    items = [Item(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+             for d in plan["items"] + plan.get("reserve", [])]
+    backbone_choice = st["decisions"].get("backbone")
+    final_s = final_estimate(n, items)
+    for i, it in enumerate(items):
+        dec = st["decisions"].get(it.name)
+        if dec and dec.get("skipped"):
+            continue
+        if it.after and it.after not in rows:
+            _skip(st, it, f"needs '{label(it.after, backbone=backbone_choice)}', "
+                          f"which did not run", save_state)
+            continue
+        if it.model == "auto" and backbone_choice is None:
+            heads = [r for r in rows.values() if r["kind"] == "frozen" and r.get("backbones")
+                     and len(r["backbones"]) == 1 and r["backbones"][0] in LITE]
+            if not heads:
+                _skip(st, it, "no frozen EfficientNet-Lite head to choose a backbone from",
+                      save_state)
+                continue
+            best = min(heads, key=lambda r: r["val_log_loss"])
+            backbone_choice = best["backbones"][0]
+            st["decisions"]["backbone"] = backbone_choice
+            progress(f"fine-tuning {backbone_choice}: its frozen head has the lowest "
+                     f"validation log-loss ({best['val_log_loss']:.4f})")
+        if it.type == "concat":
+            done_heads = [r["backbones"][0] for r in rows.values()
+                          if r["source"]["type"] == "head" and len(r["backbones"]) == 1]
+            if len(done_heads) < 2:
+                _skip(st, it, "fewer than 2 backbones' features ran", save_state)
+                continue
+            it = dataclasses.replace(it, backbones=tuple(done_heads))
+        est = it_est = plan["estimates"].get(it.name) or estimate(
+            it, plan["probes"].get(_probe_key(it), {}), n, it.epochs[0], num_classes)
+        epochs = plan["epochs"].get(it.name, it.epochs[0])
+        if dec and "epochs" in dec:  # started before: keep what was decided
+            epochs = dec["epochs"]
+        else:
+            ratio = min(3.0, max(0.5, done_act / done_est)) if done_est > 30 else 1.0
+            left = clock.left() - budget * MARGIN / 2 - final_s
+            probe = plan["probes"].get(_probe_key(it), {})
+            scale = _backbone_scale(plan, it, backbone_choice)
+            est = it_est * ratio * scale
+            if est > left and it.type == "train":
+                while epochs > it.epochs[0] and est > left:
+                    epochs -= 1
+                    est = estimate(it, probe, n, epochs, num_classes) * ratio * scale
+            # Ahead of the plan: a share of the spare time buys this run more epochs.
+            later = [x for x in items[i + 1:]
+                     if not st["decisions"].get(x.name, {}).get("skipped")]
+            ahead = left - est - ratio * sum(plan["estimates"].get(x.name, 0.0) for x in later)
+            share = ahead / max(1, 1 + sum(1 for x in later if x.type == "train"
+                                           or x.name not in plan["epochs"]))
+            base = est
+            while it.type == "train" and epochs < it.epochs[1] and share > 0:
+                nxt = estimate(it, probe, n, epochs + 1, num_classes) * ratio * scale
+                if nxt - base > share:
+                    break
+                epochs, est = epochs + 1, nxt
+            if est > left:
+                _skip(st, it, f"budget: needs ~{_fmt_s(est)}, {_fmt_s(max(left, 0))} left",
+                      save_state)
+                progress(f"skip {label(it.name, backbone=backbone_choice)}: needs "
+                         f"~{_fmt_s(est)}, {_fmt_s(max(left, 0))} left")
+                continue
+            st["decisions"][it.name] = {"epochs": epochs, "estimate_s": est,
+                                        "raw_s": est / (ratio * scale)}
+            save_state()
+        name = label(it.name, backbone=backbone_choice, backbones=",".join(
+            b.replace("efficientnet_", "") for b in it.backbones))
+        eta = sum(plan["estimates"].get(x.name, 0.0) for x in items[i:]
+                  if x.name in plan["epochs"]
+                  and not st["decisions"].get(x.name, {}).get("skipped")) + final_s
+        progress(f"stage {i + 1}/{len(items)} {name} ({it.kind}"
+                 + (f", {epochs} epochs" if it.type == "train" else "")
+                 + f"): estimate {_fmt_s(est)}; ETA all {_fmt_s(eta)}")
+        t0 = time.perf_counter()
+        if it.type == "train":
+            row = _run_train(it, spec, seed, max_per_class, epochs, backbone_choice, ds[it.size],
+                             out, rows, num_classes, quiet, force, devices, cache_dir)
+        else:
+            row = _run_head(it, ds[it.size], out, seed, quiet, force,
+                            cv=P["head_cv"], cs=P["head_cs"])
+        row["name"] = name
+        row["val_log_loss"] = _ll(row["y_val"], row["val"])
+        rows[it.name] = row
+        took = time.perf_counter() - t0
+        done_est += st["decisions"][it.name].get("raw_s", st["decisions"][it.name]["estimate_s"])
+        done_act += took
+        _record_stage(st, name, st["decisions"][it.name]["estimate_s"], took)
+        save_state()
+
+    # -- ensembles, leaderboard, export -----------------------------------------------------
+    t0 = time.perf_counter()
+    progress("stage ensembles: average, stack, greedy selection (fit on validation "
+             "predictions)")
+    members = list(rows.values())
+    for r in members:
+        if not np.array_equal(r["y_val"], members[0]["y_val"]) or not np.array_equal(
+                r["y_test"], members[0]["y_test"]):
+            raise ValueError(f"{r['name']}: its validation/test labels are not those of "
+                             f"{members[0]['name']} (the splits differ)")
+    ens = ensemble_rows(members, zdir, seed) if len(members) >= 2 else []
+    all_rows = members + ens
+    board = leaderboard(all_rows, first, st, plan, budget, preset, spec)
+    board["stages"] = st["stages"]
+    board["wall_s"] = clock.used()
+    write_leaderboard(out, board)
+    from bench.predict import export
+
+    best = board["rows"][0]
+    export(out, best["name"], out / "best")
+    progress(f"exported the best row ({best['name']}) to {out / 'best'}")
+    _record_stage(st, "ensembles, leaderboard, export", final_s, time.perf_counter() - t0)
+    save_state()
+    board["stages"] = st["stages"]
+    board["wall_s"] = clock.used()
+    path = write_leaderboard(out, board)
+    progress(f"done: {path}")
+    return path
+
+
+def _probe_key(it: Item) -> str:
+    if it.type == "head":
+        return f"features:{it.model}@{it.size}"
+    return f"train:{it.name}"
+
+
+def _backbone_scale(plan: dict, it: Item, backbone: str | None) -> float:
+    """A fine-tuning estimate is probed on EfficientNet-Lite0; another backbone costs its
+    extraction time relative to Lite0's (both measured by the feature probes)."""
+    if it.model != "auto" or not backbone or backbone == LITE[0]:
+        return 1.0
+    F = plan["sizes"]["feature"]
+    a = plan["probes"].get(f"features:{LITE[0]}@{F}", {}).get("img_per_s")
+    b = plan["probes"].get(f"features:{backbone}@{F}", {}).get("img_per_s")
+    return a / b if a and b else 1.0
+
+
+def final_estimate(n: dict, items) -> float:
+    """Ensembles, leaderboard, plot and export: stacking's C search over the validation
+    rows, and writing the best predictor (a backbone's weights at most)."""
+    m = len(items) + 3
+    return 15.0 + 0.02 * m * n["val"] / 100 + 0.3 * m
+
+
+def make_plan(order: list[Item], skipped: list[dict], probes: dict, n: dict, num_classes: int,
+              available: float, head_work: float = 1.0) -> dict:
+    """Each candidate at its fewest epochs in priority order while it fits, then more epochs
+    round-robin while they fit; the rest skipped, with why."""
+    chosen, estimates, epochs, reserve = [], {}, {}, []
+    left = available
+    skipped = list(skipped)
+    names = {it.name for it in order}
+    for it in order:
+        probe = probes.get(_probe_key(it), {})
+        if it.type == "concat":
+            heads = [c for c in chosen if c.type == "head"]
+            if len(heads) < 2:
+                reserve.append(it.to_json())
+                continue
+        elif "error" in probe:
+            skipped.append({"name": it.name, "kind": it.kind,
+                            "reason": f"probe failed: {probe['error']}"})
+            continue
+        e = estimate(it, probe, n, it.epochs[0], num_classes, head_work)
+        estimates[it.name] = e
+        if it.after and it.after not in {c.name for c in chosen}:
+            reserve.append(it.to_json())  # runs if its parent does and time is left
+            continue
+        if e <= left:
+            chosen.append(it)
+            epochs[it.name] = it.epochs[0]
+            left -= e
+        else:  # kept in reserve: run at the end if the stages before took less than planned
+            reserve.append(it.to_json())
+    grown = True
+    while grown:
+        grown = False
+        for it in chosen:
+            if it.type != "train" or epochs[it.name] >= it.epochs[1]:
+                continue
+            e = estimate(it, probes[_probe_key(it)], n, epochs[it.name] + 1, num_classes)
+            if e - estimates[it.name] <= left:
+                left -= e - estimates[it.name]
+                estimates[it.name], epochs[it.name] = e, epochs[it.name] + 1
+                grown = True
+    del names
+    return {"items": [c.to_json() for c in chosen], "estimates": estimates, "epochs": epochs,
+            "skipped": skipped, "reserve": reserve, "available_s": available,
+            "planned_s": available - left}
+
+
+def _print_plan(plan: dict, progress) -> None:
+    lines = [f"plan: {len(plan['items'])} stages, {_fmt_s(plan['planned_s'])} of "
+             f"{_fmt_s(plan['available_s'])} available for them"]
+    for d in plan["items"]:
+        ep = plan["epochs"].get(d["name"])
+        lines.append(f"  {label(d['name'])} ({d['kind']}"
+                     + (f", {ep} epochs" if d["type"] == "train" else "")
+                     + f"): ~{_fmt_s(plan['estimates'][d['name']])}")
+    for d in plan.get("reserve", []):
+        lines.append(f"  reserve (runs if time is left): "
+                     f"{label(d['name'])}: "
+                     f"~{_fmt_s(plan['estimates'].get(d['name']))}")
+    for s in plan["skipped"]:
+        lines.append(f"  skipped: {label(s['name'])}: "
+                     f"{s['reason']}")
+    progress("\n".join(lines))
+
+
+def _record_stage(st: dict, name: str, planned, actual: float) -> None:
+    prev = st["stages"].get(name, {})
+    st["stages"][name] = {"planned_s": planned if planned is not None else prev.get("planned_s"),
+                          "actual_s": prev.get("actual_s", 0.0) + actual}
+
+
+def _skip(st: dict, it: Item, reason: str, save) -> None:
+    st["decisions"][it.name] = {"skipped": True, "reason": reason}
+    save()
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage runners: each returns a member row with its validation and test probabilities.
+
+
+def _run_train(it: Item, spec, seed, max_per_class, epochs, backbone, dataset, out: Path,
+               rows: dict, num_classes: int, quiet, force, devices, cache_dir) -> dict:
+    from bench.train import finetune_config, train
+
+    if it.after:
+        parent = rows[it.after]
+        stage1 = train_config(dataclasses.replace(it, freeze="backbone"), spec, seed,
+                              max_per_class, parent["epochs"], backbone)
+        freeze = _stage_freeze(backbone, num_classes, it.freeze)
+        cfg = finetune_config(stage1, {"run_id": parent["run_id"]}, str(out), epochs, None,
+                              freeze).replace(tag=label(it.name, backbone=backbone))
+    else:
+        cfg = train_config(it, spec, seed, max_per_class, epochs, backbone)
+    if devices:
+        cfg = cfg.replace(devices=devices)
+    rec = train(cfg, out, quiet=quiet, force=force, dataset=dataset, cache_dir=cache_dir)
+    rd = out / "runs" / rec["run_id"]
+    val = np.exp(np.load(rd / "val_log_proba.npy").astype(np.float64))
+    test = np.exp(np.load(rd / "test_log_proba.npy").astype(np.float64))
+    ips = rec.get("infer_img_per_s")
+    return {"kind": it.kind, "source": {"type": "run", "run_dir": str(rd.relative_to(out))},
+            "run_id": rec["run_id"], "epochs": rec["epochs_completed"],
+            "val": val / val.sum(1, keepdims=True), "test": test / test.sum(1, keepdims=True),
+            "y_val": np.load(rd / "val_labels.npy"), "y_test": np.load(rd / "test_labels.npy"),
+            "fit_s": rec.get("wall_s"), "img_per_s": ips, "params": rec.get("params_total"),
+            "size_mb": (rec.get("weights_bytes") or 0) / 1e6,
+            "pipelines": [rec["run_id"]], "model": rec["model"],
+            "backbones": [rec["model"]] if it.model == "auto" else []}
+
+
+def _run_head(it: Item, dataset, out: Path, seed: int, quiet, force, cv: int = 5,
+              cs: int = 6) -> dict:
+    import features
+    from ensembles import LogisticHead
+
+    hdir = out / "zoo" / "heads"
+    paths, extract_s, ips, params = [], 0.0, [], 0
+    for b in it.backbones:
+        t0 = time.perf_counter()
+        p = features.extract(b, dataset, out / "features", weights="imagenet (zoo)",
+                             image_size=(it.size, it.size), progress=not quiet,
+                             model=cached_backbone(b))
+        attrs = features.read_attrs(p)
+        secs = float(attrs.get("seconds") or (time.perf_counter() - t0))
+        extract_s += secs
+        total = sum(len(dataset.splits[k].labels) for k in ("train", "val", "test"))
+        ips.append(total / secs)
+        params += _backbone_params(b)
+        paths.append(p)
+    data = features.load(paths)
+    stem = slug(it.name)
+    npz = hdir / f"{stem}.npz"
+    meta_path = hdir / f"{stem}.json"
+    if npz.exists() and meta_path.exists() and not force and \
+            bio.read_json(meta_path).get("features") == [str(p) for p in paths] and \
+            bio.read_json(meta_path).get("cv") == [cv, cs]:
+        arrays, _ = bio.load_arrays(npz)
+        coef, intercept = arrays[0], arrays[1]
+        fit_s = bio.read_json(meta_path)["fit_s"]
+    else:
+        t0 = time.perf_counter()
+        head = LogisticHead(Cs=cs, cv=cv, random_state=seed).fit(*data["train"])
+        fit_s = time.perf_counter() - t0
+        coef, intercept = head.coef_, head.intercept_
+        bio.save_arrays(npz, [coef, intercept], {"format": "logistic head v1: coef, intercept"})
+        bio.write_json(meta_path, {"features": [str(p) for p in paths], "fit_s": fit_s,
+                                   "C": head.C_, "backbones": list(it.backbones),
+                                   "cv": [cv, cs]})
+    from ensembles._utils import full_logits, softmax
+
+    def proba(X):
+        return softmax(full_logits(np.asarray(X, np.float64), coef, intercept))
+
+    from ensembles import combined_throughput
+
+    return {"kind": it.kind,
+            "source": {"type": "head", "backbones": list(it.backbones), "size": it.size,
+                       "head": str(npz.relative_to(out)),
+                       "features": [str(Path(p).relative_to(out)) for p in paths]},
+            "val": proba(data["val"][0]), "test": proba(data["test"][0]),
+            "y_val": data["val"][1], "y_test": data["test"][1],
+            "fit_s": extract_s + fit_s, "img_per_s": combined_throughput(ips),
+            "params": params + coef.size + intercept.size,
+            "size_mb": 4 * (params + coef.size + intercept.size) / 1e6,
+            "pipelines": [f"backbone:{b}" for b in it.backbones], "backbones": list(it.backbones),
+            "ips_by_pipeline": {f"backbone:{b}": v for b, v in zip(it.backbones, ips)},
+            "model": "+".join(it.backbones)}
+
+
+def _backbone_params(name: str) -> int:
+    import models
+    from flax import nnx
+
+    return models.param_count(nnx.eval_shape(
+        lambda: models.create_model(name, num_classes=0)))["total"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Ensembles
+
+
+def ensemble_rows(members: list[dict], zdir: Path, seed: int) -> list[dict]:
+    """Average, stack and greedy selection over all members, fit on their validation
+    probabilities; their test probabilities scored. Combiners saved under zoo/ensembles."""
+    from ensembles import (GreedyEnsembleSelection, LogisticHead, PrefitMember,
+                           StackingEnsemble, Views)
+
+    names = [m["name"] for m in members]
+    y_val = members[0]["y_val"]
+    m = len(members)
+    rows = []
+
+    def row(name, weights, combiner, test, fit_s, extra=None):
+        used = [mm for mm, w in zip(members, weights) if w > 0]
+        pipelines, ips, params, size = {}, {}, 0, 0.0
+        for mm in used:
+            for p in mm["pipelines"]:
+                if p not in pipelines:
+                    pipelines[p] = True
+                    ips[p] = mm.get("ips_by_pipeline", {}).get(p, mm["img_per_s"])
+            params += mm["params"] or 0
+            size += mm["size_mb"] or 0
+        from ensembles import combined_throughput
+
+        vals = [v for v in ips.values() if v]
+        r = {"name": name, "kind": "ensemble", "test": test, "y_test": members[0]["y_test"],
+             "fit_s": sum(mm["fit_s"] or 0 for mm in used) + fit_s,
+             "img_per_s": combined_throughput(vals) if len(vals) == len(ips) else None,
+             "params": params, "size_mb": size,
+             "source": {"type": "ensemble", "combiner": combiner,
+                        "members": [mm["name"] for mm in used],
+                        "weights": [float(w) for w in weights if w > 0], **(extra or {})},
+             "members": [mm["name"] for mm in used], "weights": [float(w) for w in weights if w > 0],
+             "note": "fit on validation predictions"}
+        rows.append(r)
+
+    val = [mm["val"] for mm in members]
+    test = [mm["test"] for mm in members]
+    row(f"average of {m}", np.full(m, 1.0 / m), "weighted",
+        np.mean(test, axis=0), 0.0)
+    t0 = time.perf_counter()
+    sel = GreedyEnsembleSelection(n_iter=25).fit(val, y_val)
+    row(f"greedy selection of {m} (Caruana, 25 picks)", sel.weights_, "weighted",
+        sel.predict_proba(test), time.perf_counter() - t0)
+    folds = min(5, int(np.bincount(np.asarray(y_val)).min()))
+    if folds < 2:  # too few validation rows of some class to cross-validate a stack
+        return rows
+    t0 = time.perf_counter()
+    stack = StackingEnsemble([PrefitMember(f"m{i}") for i in range(m)],
+                             final=LogisticHead(cv=folds, random_state=seed), cv=folds).fit(
+        Views({f"m{i}": v for i, v in enumerate(val)}), y_val)
+    p_test = stack.predict_proba(Views({f"m{i}": t for i, t in enumerate(test)}))
+    fit_s = time.perf_counter() - t0
+    path = zdir / "ensembles" / "stack.npz"
+    bio.save_arrays(path, [stack.final_.coef_, stack.final_.intercept_],
+                    {"format": "stack v1: level-1 logistic head on log(clip(p, 1e-7, 1)) of the "
+                               "members in order"})
+    row(f"stack of {m} (logistic on val log-probas)", np.ones(m), "stack", p_test, fit_s,
+        {"stack": str(path.relative_to(zdir.parent)), "log_eps": 1e-7})
+    del names
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Leaderboard
+
+
+def leaderboard(rows: list[dict], dataset, st: dict, plan: dict, budget: float, preset: str,
+                spec: str) -> dict:
+    from ensembles import (accuracy, expected_calibration_error, log_loss,
+                           log_loss_difference, top_k_accuracy)
+
+    k = len(dataset.classes)
+    y = rows[0]["y_test"]
+    scored = []
+    for r in rows:
+        p = r["test"]
+        scored.append({
+            "name": r["name"], "kind": r["kind"], "accuracy": accuracy(y, p),
+            "top5_accuracy": top_k_accuracy(y, p, 5) if k > 5 else None,
+            "log_loss": log_loss(y, p), "ece": expected_calibration_error(y, p),
+            "fit_s": r.get("fit_s"), "img_per_s": r.get("img_per_s"),
+            "ms_per_image": 1000.0 / r["img_per_s"] if r.get("img_per_s") else None,
+            "params": r.get("params"), "size_mb": r.get("size_mb"),
+            "source": r["source"], "note": r.get("note", ""),
+            "epochs": r.get("epochs")})
+    order = sorted(range(len(rows)), key=lambda i: (scored[i]["log_loss"], scored[i]["name"]))
+    best = order[0]
+    for rank, i in enumerate(order, 1):
+        s = scored[i]
+        s["rank"] = rank
+        s["vs_best"] = None if i == best else log_loss_difference(y, rows[i]["test"],
+                                                                  rows[best]["test"])
+    bb = st["decisions"].get("backbone") or "(best backbone)"
+    skipped = [dict(d, name=label(d["name"], backbone=bb)) for d in plan["skipped"]] + [
+        {"name": label(name, backbone=bb),
+         "kind": next((d["kind"] for d in plan["items"] + plan.get("reserve", [])
+                       if d["name"] == name), ""),
+         "reason": d["reason"]}
+        for name, d in st["decisions"].items() if isinstance(d, dict) and d.get("skipped")]
+    return {"rows": [scored[i] for i in order], "skipped": skipped,
+            "near_duplicates": st.get("near_duplicates", {}), "budget_s": budget,
+            "preset": preset, "dataset": spec, "classes": list(dataset.classes),
+            "sizes": {kk: len(v.labels) for kk, v in dataset.splits.items()},
+            "plan": {"estimates": plan["estimates"], "epochs": plan["epochs"]}}
+
+
+COLUMNS = ("rank", "method", "kind", "test acc", "top-5", "log-loss", "vs best [95% CI]", "ECE",
+           "fit time", "img/s", "ms/img", "params", "size MB")
+
+
+def _cells(r: dict) -> list[str]:
+    vb = r.get("vs_best")
+    return [str(r["rank"]), r["name"] + (f" ({r['note']})" if r.get("note") else ""), r["kind"],
+            f"{100 * r['accuracy']:.2f}%",
+            "" if r["top5_accuracy"] is None else f"{100 * r['top5_accuracy']:.2f}%",
+            f"{r['log_loss']:.4f}",
+            "best" if vb is None else f"{vb['diff']:+.4f} [{vb['lo']:+.4f}, {vb['hi']:+.4f}]",
+            f"{r['ece']:.4f}", _fmt_s(r["fit_s"]),
+            "" if r["img_per_s"] is None else f"{r['img_per_s']:.1f}",
+            "" if r["ms_per_image"] is None else f"{r['ms_per_image']:.2f}",
+            "" if r["params"] is None else f"{r['params'] / 1e6:.2f}M",
+            "" if r["size_mb"] is None else f"{r['size_mb']:.1f}"]
+
+
+def _intro(board: dict) -> str:
+    s = board["sizes"]
+    nd = board["near_duplicates"]
+    return (f"Data `{board['dataset']}`: {len(board['classes'])} classes, train/val/test "
+            f"{s['train']}/{s['val']}/{s['test']} (one split for every row). Preset "
+            f"{board['preset']}, budget {_fmt_s(board['budget_s'])}, wall time "
+            f"{_fmt_s(board.get('wall_s'))}. Ranked by test log-loss; vs best: log-loss minus "
+            f"the best row's with a 95% paired bootstrap interval over the test images (an "
+            f"interval containing 0 is within the split's noise). Ensembles are fit on "
+            f"validation predictions. ECE: 15 bins. img/s and ms/img: measured inference "
+            f"(networks: test batches; frozen heads: feature extraction; ensembles: the "
+            f"pipelines they run, one after the other). Size: weights (heads: fp32 backbone + "
+            f"head). Near-duplicate pairs (pHash) between test and train: "
+            f"{nd.get('train-test', 0)} (val-train {nd.get('train-val', 0)}, val-test "
+            f"{nd.get('val-test', 0)}).")
+
+
+def leaderboard_markdown(board: dict) -> str:
+    L = ["# Zoo leaderboard", "", _intro(board), "",
+         "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    L += ["| " + " | ".join(_cells(r)) + " |" for r in board["rows"]]
+    if board["skipped"]:
+        L += ["", "Skipped:", ""] + [f"- {s['name']} ({s['kind']}): {s['reason']}"
+                                     for s in board["skipped"]]
+    if board.get("stages"):
+        L += ["", "Stages (planned vs actual):", "", "| stage | planned | actual |",
+              "|---|---|---|"]
+        L += [f"| {k} | {_fmt_s(v.get('planned_s'))} | {_fmt_s(v.get('actual_s'))} |"
+              for k, v in board["stages"].items()]
+    L += ["", "![accuracy vs inference cost](leaderboard_pareto.png)", ""]
+    return "\n".join(L)
+
+
+def leaderboard_html(rows: list[dict], board: dict | None = None) -> str:
+    """The leaderboard as an HTML fragment (a ``<section>``) for ``report.html``."""
+    import html
+
+    e = html.escape
+    head = "".join(f"<th>{e(c)}</th>" for c in COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in _cells(r)) + "</tr>"
+                   for r in rows)
+    parts = ['<section id="zoo-leaderboard"><h2>Zoo leaderboard</h2>']
+    if board:
+        parts.append(f"<p>{e(_intro(board))}</p>")
+    parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    if board and board.get("skipped"):
+        parts.append("<p>Skipped:</p><ul>" + "".join(
+            f"<li>{e(s['name'])} ({e(s['kind'])}): {e(s['reason'])}</li>"
+            for s in board["skipped"]) + "</ul>")
+    parts.append('<img src="leaderboard_pareto.png" alt="accuracy vs inference cost"></section>')
+    return "\n".join(parts) + "\n"
+
+
+def pareto_front(rows: list[dict]) -> list[int]:
+    """Indices of the rows no other row beats on both accuracy and ms per image."""
+    pts = [(r["ms_per_image"], r["accuracy"]) for r in rows]
+    front = []
+    for i, (c, a) in enumerate(pts):
+        if c is None:
+            continue
+        if not any(c2 is not None and c2 <= c and a2 >= a and (c2 < c or a2 > a)
+                   for j, (c2, a2) in enumerate(pts) if j != i):
+            front.append(i)
+    return front
+
+
+def write_pareto(rows: list[dict], path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [r for r in rows if r["ms_per_image"]]
+    if not pts:
+        return None
+    colors = {"scratch": "tab:blue", "frozen": "tab:green", "fine-tuned": "tab:orange",
+              "ensemble": "tab:red"}
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for kind, c in colors.items():
+        sub = [r for r in pts if r["kind"] == kind]
+        if sub:
+            ax.scatter([r["ms_per_image"] for r in sub], [100 * r["accuracy"] for r in sub],
+                       c=c, label=kind, s=40, zorder=3)
+    front = sorted((pts[i] for i in pareto_front(pts)), key=lambda r: r["ms_per_image"])
+    ax.plot([r["ms_per_image"] for r in front], [100 * r["accuracy"] for r in front], "k--",
+            lw=1, label="Pareto frontier", zorder=2)
+    for r in front:
+        ax.annotate(r["name"][:28], (r["ms_per_image"], 100 * r["accuracy"]), fontsize=7,
+                    xytext=(4, -10), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("inference ms per image (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with bio.atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def write_leaderboard(out: Path, board: dict) -> Path:
+    import csv
+    import io
+
+    out = Path(out)
+    write_pareto(board["rows"], out / "leaderboard_pareto.png")
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["rank", "method", "kind", "test_accuracy", "top5_accuracy", "log_loss",
+                "log_loss_vs_best", "vs_best_lo", "vs_best_hi", "ece", "fit_s", "img_per_s",
+                "ms_per_image", "params", "size_mb", "note"])
+    for r in board["rows"]:
+        vb = r.get("vs_best") or {}
+        w.writerow([r["rank"], r["name"], r["kind"], r["accuracy"], r["top5_accuracy"],
+                    r["log_loss"], vb.get("diff", 0.0), vb.get("lo", ""), vb.get("hi", ""),
+                    r["ece"], r["fit_s"], r["img_per_s"], r["ms_per_image"], r["params"],
+                    r["size_mb"], r["note"]])
+    bio.write_text(out / "leaderboard.csv", buf.getvalue())
+    bio.write_text(out / "leaderboard.html", leaderboard_html(board["rows"], board))
+    bio.write_json(out / "zoo.json", board)
+    md = out / "leaderboard.md"
+    bio.write_text(md, leaderboard_markdown(board))
+    return md
+
+
+def load_board(out) -> dict:
+    path = Path(out) / "zoo.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found; expected the output folder of "
+                                f"`bench run --suite zoo`")
+    return bio.read_json(path)
+
+
+def find_row(board: dict, name: str) -> dict:
+    """The leaderboard row called ``name`` (or its slug, or 'best')."""
+    rows = board["rows"]
+    if name == "best":
+        return rows[0]
+    for r in rows:
+        if r["name"] == name or slug(r["name"]) == slug(name):
+            return r
+    raise ValueError(f"--model {name!r}: no such leaderboard row; rows are: "
+                     + "; ".join(r["name"] for r in rows))
+
+
+__all__ = ["PRESETS", "leaderboard_html", "pareto_front", "parse_budget", "run_zoo"]
