@@ -45,7 +45,7 @@ FORMAT = "bench predictor v1"
 def export(zoo_out, name: str, dest) -> Path:
     """Write leaderboard row ``name`` of the zoo run in ``zoo_out`` as a predictor folder
     ``dest`` (replaced atomically: written beside it, then renamed). Returns ``dest``."""
-    from .suites.zoo import find_row, load_board
+    from .report.leaderboard import find_row, load_board
 
     zoo_out, dest = Path(zoo_out), Path(dest)
     board = load_board(zoo_out)
@@ -102,7 +102,7 @@ def _export_row(zoo_out: Path, board: dict, row: dict, folder: Path, root: Path)
             "image_size": [src["size"], src["size"]], "batch_size": batch,
             "classes": board["classes"]})
     elif src["type"] == "ensemble":
-        from .suites.zoo import find_row
+        from .report.leaderboard import find_row
 
         dirs = []
         for i, m in enumerate(src["members"]):
@@ -125,9 +125,9 @@ def _save_backbone(name: str, path: Path) -> None:
 
     from . import engine
 
-    from .suites.zoo import fast_backbone
+    import models
 
-    model = fast_backbone(name)
+    model = models.create_model(name, num_classes=0, weights="imagenet")
     _, state = nnx.split(model)
     bio.save_arrays(path, engine.tree_to_arrays(nnx.as_pure(state)),
                     {"format": "backbone v1: leaves of nnx.split(model)[1]", "model": name})
@@ -150,10 +150,8 @@ class _Network:
         cfg = from_dict(bio.read_json(folder / "config.json"))
         self.size = tuple(meta["image_size"])
         self.batch = int(meta.get("batch_size") or cfg.eval_batch_size)
-        from .suites.zoo import materialize
-
         shim = _Shim(self.size, meta["classes"])
-        model = materialize(lambda: build_model(cfg, shim))  # weights come from weights.npz
+        model = models.build_empty(lambda: build_model(cfg, shim))  # weights come from weights.npz
         info = models.get_model_info(cfg.model.name)
         self.mesh = engine.Mesh.create(1)
         self.steps = engine.build_steps(
@@ -207,11 +205,11 @@ def _backbone(name: str, path: Path, size: tuple):
         import features.extraction as fx
         from . import engine
 
-        # Built abstractly (no random initialisation: a minute for an EfficientNet on a busy
-        # CPU), then filled from the stored arrays.
-        from .suites.zoo import fast_backbone
+        import models
 
-        graphdef, state = nnx.split(fast_backbone(name, weights=False))
+        # Built abstractly (no initialiser runs), then filled from the stored arrays.
+        graphdef, state = nnx.split(models.build_empty(
+            lambda: models.create_model(name, num_classes=0)))
         arrays, _ = bio.load_arrays(path)
         try:
             restored = engine.arrays_to_tree(nnx.as_pure(state), arrays)
@@ -399,7 +397,7 @@ def collect_images(inputs) -> list[Path]:
 def resolve(from_, model: str | None) -> Path:
     """The predictor folder for ``bench predict --from FROM --model MODEL``: an exported
     folder as is; a zoo output's ``best/`` or ``exports/<row>/`` (exported on first use)."""
-    from .suites.zoo import find_row, load_board, slug
+    from .report.leaderboard import find_row, load_board, slug
 
     from_ = Path(from_)
     if (from_ / "predictor.json").exists():

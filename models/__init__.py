@@ -30,12 +30,13 @@ from ._registry import (
     list_models,
     register_model,
 )
-from ._build import build_and_load, build_random, under_trace
+from ._build import build_and_load, build_empty, build_random, under_trace
 from .pretrained import resolve_pretrained
 
 __all__ = [
     "ModelInfo",
     "PretrainedFile",
+    "build_empty",
     "create_model",
     "get_model_info",
     "list_models",

@@ -98,9 +98,16 @@ def _run_init(closed, out_shape, rstate, rngs: nnx.Rngs, keep: Sequence[int] | N
 
 
 def under_trace(rngs: nnx.Rngs) -> bool:
-    """Whether ``rngs`` holds tracers (``create_model`` called inside ``nnx.eval_shape``,
-    ``jax.jit``, ...): then the builder is simply traced along, as eagerly."""
-    return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(nnx.state(rngs)))
+    """Whether ``create_model`` is called inside a trace (``nnx.eval_shape``, ``jax.jit``,
+    ...; ``rngs`` holds tracers, or a trace is active): then the builder is simply traced
+    along, as eagerly, and nothing is compiled for it."""
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(nnx.state(rngs))):
+        return True
+    try:
+        from jax._src import core
+        return not core.trace_state_clean()
+    except (ImportError, AttributeError):  # another JAX: the rngs test alone
+        return False
 
 
 def build_random(make: Callable[[nnx.Rngs], Any], rngs: nnx.Rngs):
@@ -142,3 +149,18 @@ def build_and_load(make: Callable[[nnx.Rngs], Any], rngs: nnx.Rngs,
     # device_put, not jnp.asarray: the latter compiles a small copy program per shape.
     leaves = [jax.device_put(a) if isinstance(a, np.ndarray) else a for a in leaves]
     return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+
+
+def build_empty(build: Callable[[], Any]):
+    """The module ``build()`` makes, traced only and filled with zeros (RNG keys: key 0),
+    for weights that are assigned next (a stored ``nnx.split`` state, say): no
+    initialiser runs. ``models.create_model(..., weights=FILE)`` does this for weight files
+    the model's loader reads; this is for states stored by other means."""
+    graphdef, state = nnx.split(nnx.eval_shape(build))
+
+    def fill(s):
+        if _is_key(s.dtype):
+            return jax.random.key(0)
+        return jnp.zeros(s.shape, s.dtype)
+
+    return nnx.merge(graphdef, jax.tree.map(fill, nnx.as_pure(state)))

@@ -24,8 +24,8 @@ def enable_compile_cache(path: str | os.PathLike | None = None) -> Path | None:
     """Turn on JAX's persistent compilation cache in ``path`` (default
     ``cache_root() / "jax"``), caching every program, and return the folder; ``None`` (and
     nothing changed) when ``$BENCH_COMPILE_CACHE`` is ``0`` (or ``off``/``false``/``no``).
-    Call it before the process's first compilation: JAX decides on its first compile whether
-    a cache is in use."""
+    JAX decides on a process's first compilation whether a cache is in use; called after
+    that, this resets JAX's decision so that the next compilation uses the new folder."""
     if compile_cache_disabled():
         return None
     import jax
@@ -40,4 +40,16 @@ def enable_compile_cache(path: str | os.PathLike | None = None) -> Path | None:
         jax.config.update("jax_persistent_cache_enable_xla_caches", "all")
     except (AttributeError, ValueError):  # an older JAX without the option
         pass
+    _forget_first_decision()
     return folder
+
+
+def _forget_first_decision() -> None:
+    """Make JAX look at its cache options again on the next compilation (it reads them once,
+    at the first one)."""
+    try:
+        from jax._src import compilation_cache as cc
+    except ImportError:  # another JAX: options set before the first compile still work
+        return
+    if getattr(cc, "_cache_checked", False) or getattr(cc, "_cache_initialized", False):
+        cc.reset_cache()

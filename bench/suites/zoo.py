@@ -52,6 +52,8 @@ import numpy as np
 from runtime import io as bio
 from runtime.progress import say
 
+from ..report.leaderboard import fmt_s, slug, write_leaderboard
+
 ZOO_VERSION = 1
 DEFAULT_BUDGET_S = 20 * 60
 MARGIN = 0.06  # share of the budget kept back for timing noise
@@ -91,12 +93,6 @@ def parse_budget(text) -> float:
     return value
 
 
-def _fmt_s(s: float | None) -> str:
-    if s is None:
-        return ""
-    s = max(0.0, float(s))
-    return f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s"
-
 
 class _Fill(dict):
     def __missing__(self, key):
@@ -106,10 +102,6 @@ class _Fill(dict):
 def label(name: str, **values) -> str:
     """A stage name with its ``{backbone}`` / ``{backbones}`` filled in where known."""
     return name.format_map(_Fill({k: v for k, v in values.items() if v}))
-
-
-def slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,42 +302,13 @@ _BUILT: dict = {}
 
 
 def cached_backbone(name: str):
-    """``fast_backbone(name)``, built once per process (the probe's model is the one that
-    extracts, and its compiled forward pass is reused)."""
+    """The ImageNet backbone ``name`` (no head), built once per process (the probe's model is
+    the one that extracts, and its compiled forward pass is reused)."""
     if name not in _BUILT:
-        _BUILT[name] = fast_backbone(name)
+        import models
+
+        _BUILT[name] = models.create_model(name, num_classes=0, weights="imagenet")
     return _BUILT[name]
-
-
-def fast_backbone(name: str, weights: bool = True):
-    """``models.create_model(name, num_classes=0, weights='imagenet')`` without the random
-    initialisation it starts with (a minute for an EfficientNet on a busy 2-core CPU): the
-    model is built abstractly, filled with zeros, then the ImageNet file is loaded."""
-
-    import models
-
-    model = materialize(lambda: models.create_model(name, num_classes=0, seed=0))
-    if weights:
-        model.load_weights(str(models.resolve_pretrained(models.get_model_info(name),
-                                                          "imagenet")))
-    return model
-
-
-def materialize(build):
-    """The module ``build()`` makes, built abstractly and filled with zeros (RNG keys: key 0):
-    to be overwritten by loaded weights, without paying for a random initialisation."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    graphdef, state = nnx.split(nnx.eval_shape(build))
-
-    def fill(s):
-        if jnp.issubdtype(s.dtype, jax.dtypes.prng_key):
-            return jax.random.key(0)
-        return jnp.zeros(s.shape, s.dtype)
-
-    return nnx.merge(graphdef, jax.tree.map(fill, nnx.as_pure(state)))
 
 
 def probe_build(name: str) -> float:
@@ -454,8 +417,8 @@ def run_zoo(*, out, quiet: bool = False, force: bool = False, cache_dir=None, se
         bio.write_json(state_path, st)
 
     def progress(msg: str):
-        say(quiet, f"[zoo {_fmt_s(clock.used())} of {_fmt_s(budget)}, "
-                   f"{_fmt_s(clock.left())} left] {msg}")
+        say(quiet, f"[zoo {fmt_s(clock.used())} of {fmt_s(budget)}, "
+                   f"{fmt_s(clock.left())} left] {msg}")
 
     # -- data: one split, at the three sizes ---------------------------------------------------
     t0 = time.perf_counter()
@@ -601,10 +564,10 @@ def run_zoo(*, out, quiet: bool = False, force: bool = False, cache_dir=None, se
                     break
                 epochs, est = epochs + 1, nxt
             if est > left:
-                _skip(st, it, f"budget: needs ~{_fmt_s(est)}, {_fmt_s(max(left, 0))} left",
+                _skip(st, it, f"budget: needs ~{fmt_s(est)}, {fmt_s(max(left, 0))} left",
                       save_state)
                 progress(f"skip {label(it.name, backbone=backbone_choice)}: needs "
-                         f"~{_fmt_s(est)}, {_fmt_s(max(left, 0))} left")
+                         f"~{fmt_s(est)}, {fmt_s(max(left, 0))} left")
                 continue
             st["decisions"][it.name] = {"epochs": epochs, "estimate_s": est,
                                         "raw_s": est / (ratio * scale)}
@@ -616,7 +579,7 @@ def run_zoo(*, out, quiet: bool = False, force: bool = False, cache_dir=None, se
                   and not st["decisions"].get(x.name, {}).get("skipped")) + final_s
         progress(f"stage {i + 1}/{len(items)} {name} ({it.kind}"
                  + (f", {epochs} epochs" if it.type == "train" else "")
-                 + f"): estimate {_fmt_s(est)}; ETA all {_fmt_s(eta)}")
+                 + f"): estimate {fmt_s(est)}; ETA all {fmt_s(eta)}")
         t0 = time.perf_counter()
         if it.type == "train":
             row = _run_train(it, spec, seed, max_per_class, epochs, backbone_choice, ds[it.size],
@@ -735,17 +698,17 @@ def make_plan(order: list[Item], skipped: list[dict], probes: dict, n: dict, num
 
 
 def _print_plan(plan: dict, progress) -> None:
-    lines = [f"plan: {len(plan['items'])} stages, {_fmt_s(plan['planned_s'])} of "
-             f"{_fmt_s(plan['available_s'])} available for them"]
+    lines = [f"plan: {len(plan['items'])} stages, {fmt_s(plan['planned_s'])} of "
+             f"{fmt_s(plan['available_s'])} available for them"]
     for d in plan["items"]:
         ep = plan["epochs"].get(d["name"])
         lines.append(f"  {label(d['name'])} ({d['kind']}"
                      + (f", {ep} epochs" if d["type"] == "train" else "")
-                     + f"): ~{_fmt_s(plan['estimates'][d['name']])}")
+                     + f"): ~{fmt_s(plan['estimates'][d['name']])}")
     for d in plan.get("reserve", []):
         lines.append(f"  reserve (runs if time is left): "
                      f"{label(d['name'])}: "
-                     f"~{_fmt_s(plan['estimates'].get(d['name']))}")
+                     f"~{fmt_s(plan['estimates'].get(d['name']))}")
     for s in plan["skipped"]:
         lines.append(f"  skipped: {label(s['name'])}: "
                      f"{s['reason']}")
@@ -974,168 +937,4 @@ def leaderboard(rows: list[dict], dataset, st: dict, plan: dict, budget: float, 
             "plan": {"estimates": plan["estimates"], "epochs": plan["epochs"]}}
 
 
-COLUMNS = ("rank", "method", "kind", "test acc", "top-5", "log-loss", "vs best [95% CI]", "ECE",
-           "fit time", "img/s", "ms/img", "params", "size MB")
-
-
-def _cells(r: dict) -> list[str]:
-    vb = r.get("vs_best")
-    return [str(r["rank"]), r["name"] + (f" ({r['note']})" if r.get("note") else ""), r["kind"],
-            f"{100 * r['accuracy']:.2f}%",
-            "" if r["top5_accuracy"] is None else f"{100 * r['top5_accuracy']:.2f}%",
-            f"{r['log_loss']:.4f}",
-            "best" if vb is None else f"{vb['diff']:+.4f} [{vb['lo']:+.4f}, {vb['hi']:+.4f}]",
-            f"{r['ece']:.4f}", _fmt_s(r["fit_s"]),
-            "" if r["img_per_s"] is None else f"{r['img_per_s']:.1f}",
-            "" if r["ms_per_image"] is None else f"{r['ms_per_image']:.2f}",
-            "" if r["params"] is None else f"{r['params'] / 1e6:.2f}M",
-            "" if r["size_mb"] is None else f"{r['size_mb']:.1f}"]
-
-
-def _intro(board: dict) -> str:
-    s = board["sizes"]
-    nd = board["near_duplicates"]
-    return (f"Data `{board['dataset']}`: {len(board['classes'])} classes, train/val/test "
-            f"{s['train']}/{s['val']}/{s['test']} (one split for every row). Preset "
-            f"{board['preset']}, budget {_fmt_s(board['budget_s'])}, wall time "
-            f"{_fmt_s(board.get('wall_s'))}. Ranked by test log-loss; vs best: log-loss minus "
-            f"the best row's with a 95% paired bootstrap interval over the test images (an "
-            f"interval containing 0 is within the split's noise). Ensembles are fit on "
-            f"validation predictions. ECE: 15 bins. img/s and ms/img: measured inference "
-            f"(networks: test batches; frozen heads: feature extraction; ensembles: the "
-            f"pipelines they run, one after the other). Size: weights (heads: fp32 backbone + "
-            f"head). Near-duplicate pairs (pHash) between test and train: "
-            f"{nd.get('train-test', 0)} (val-train {nd.get('train-val', 0)}, val-test "
-            f"{nd.get('val-test', 0)}).")
-
-
-def leaderboard_markdown(board: dict) -> str:
-    L = ["# Zoo leaderboard", "", _intro(board), "",
-         "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    L += ["| " + " | ".join(_cells(r)) + " |" for r in board["rows"]]
-    if board["skipped"]:
-        L += ["", "Skipped:", ""] + [f"- {s['name']} ({s['kind']}): {s['reason']}"
-                                     for s in board["skipped"]]
-    if board.get("stages"):
-        L += ["", "Stages (planned vs actual):", "", "| stage | planned | actual |",
-              "|---|---|---|"]
-        L += [f"| {k} | {_fmt_s(v.get('planned_s'))} | {_fmt_s(v.get('actual_s'))} |"
-              for k, v in board["stages"].items()]
-    L += ["", "![accuracy vs inference cost](leaderboard_pareto.png)", ""]
-    return "\n".join(L)
-
-
-def leaderboard_html(rows: list[dict], board: dict | None = None) -> str:
-    """The leaderboard as an HTML fragment (a ``<section>``) for ``report.html``."""
-    import html
-
-    e = html.escape
-    head = "".join(f"<th>{e(c)}</th>" for c in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in _cells(r)) + "</tr>"
-                   for r in rows)
-    parts = ['<section id="zoo-leaderboard"><h2>Zoo leaderboard</h2>']
-    if board:
-        parts.append(f"<p>{e(_intro(board))}</p>")
-    parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-    if board and board.get("skipped"):
-        parts.append("<p>Skipped:</p><ul>" + "".join(
-            f"<li>{e(s['name'])} ({e(s['kind'])}): {e(s['reason'])}</li>"
-            for s in board["skipped"]) + "</ul>")
-    parts.append('<img src="leaderboard_pareto.png" alt="accuracy vs inference cost"></section>')
-    return "\n".join(parts) + "\n"
-
-
-def pareto_front(rows: list[dict]) -> list[int]:
-    """Indices of the rows no other row beats on both accuracy and ms per image."""
-    pts = [(r["ms_per_image"], r["accuracy"]) for r in rows]
-    front = []
-    for i, (c, a) in enumerate(pts):
-        if c is None:
-            continue
-        if not any(c2 is not None and c2 <= c and a2 >= a and (c2 < c or a2 > a)
-                   for j, (c2, a2) in enumerate(pts) if j != i):
-            front.append(i)
-    return front
-
-
-def write_pareto(rows: list[dict], path: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pts = [r for r in rows if r["ms_per_image"]]
-    if not pts:
-        return None
-    colors = {"scratch": "tab:blue", "frozen": "tab:green", "fine-tuned": "tab:orange",
-              "ensemble": "tab:red"}
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for kind, c in colors.items():
-        sub = [r for r in pts if r["kind"] == kind]
-        if sub:
-            ax.scatter([r["ms_per_image"] for r in sub], [100 * r["accuracy"] for r in sub],
-                       c=c, label=kind, s=40, zorder=3)
-    front = sorted((pts[i] for i in pareto_front(pts)), key=lambda r: r["ms_per_image"])
-    ax.plot([r["ms_per_image"] for r in front], [100 * r["accuracy"] for r in front], "k--",
-            lw=1, label="Pareto frontier", zorder=2)
-    for r in front:
-        ax.annotate(r["name"][:28], (r["ms_per_image"], 100 * r["accuracy"]), fontsize=7,
-                    xytext=(4, -10), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("inference ms per image (log scale)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with bio.atomic_path(path, ".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
-
-
-def write_leaderboard(out: Path, board: dict) -> Path:
-    import csv
-    import io
-
-    out = Path(out)
-    write_pareto(board["rows"], out / "leaderboard_pareto.png")
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["rank", "method", "kind", "test_accuracy", "top5_accuracy", "log_loss",
-                "log_loss_vs_best", "vs_best_lo", "vs_best_hi", "ece", "fit_s", "img_per_s",
-                "ms_per_image", "params", "size_mb", "note"])
-    for r in board["rows"]:
-        vb = r.get("vs_best") or {}
-        w.writerow([r["rank"], r["name"], r["kind"], r["accuracy"], r["top5_accuracy"],
-                    r["log_loss"], vb.get("diff", 0.0), vb.get("lo", ""), vb.get("hi", ""),
-                    r["ece"], r["fit_s"], r["img_per_s"], r["ms_per_image"], r["params"],
-                    r["size_mb"], r["note"]])
-    bio.write_text(out / "leaderboard.csv", buf.getvalue())
-    bio.write_text(out / "leaderboard.html", leaderboard_html(board["rows"], board))
-    bio.write_json(out / "zoo.json", board)
-    md = out / "leaderboard.md"
-    bio.write_text(md, leaderboard_markdown(board))
-    return md
-
-
-def load_board(out) -> dict:
-    path = Path(out) / "zoo.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: not found; expected the output folder of "
-                                f"`bench run --suite zoo`")
-    return bio.read_json(path)
-
-
-def find_row(board: dict, name: str) -> dict:
-    """The leaderboard row called ``name`` (or its slug, or 'best')."""
-    rows = board["rows"]
-    if name == "best":
-        return rows[0]
-    for r in rows:
-        if r["name"] == name or slug(r["name"]) == slug(name):
-            return r
-    raise ValueError(f"--model {name!r}: no such leaderboard row; rows are: "
-                     + "; ".join(r["name"] for r in rows))
-
-
-__all__ = ["PRESETS", "leaderboard_html", "pareto_front", "parse_budget", "run_zoo"]
+__all__ = ["PRESETS", "parse_budget", "run_zoo"]
