@@ -28,6 +28,7 @@ from ._registry import PretrainedFile, register_model
 from .inception_v3 import Stem, conv_bn, keras_conv_bn_names
 from .keras_weights import load_keras_h5_by_creation_order
 from .layers import (
+    Conv,
     Classifier,
     ConvBN,
     avg_pool,
@@ -116,7 +117,7 @@ class InceptionResNetBlock(nnx.Module):
                  activation: Callable | None = nnx.relu, *, unit: Callable = conv_bn,
                  up_init=glorot_uniform, rngs: nnx.Rngs):
         self.branches = Towers(in_f, towers, unit=unit, rngs=rngs)
-        self.up = nnx.Conv(self.branches.out_features, in_f, (1, 1), use_bias=True,
+        self.up = Conv(self.branches.out_features, in_f, (1, 1), use_bias=True,
                            kernel_init=up_init, rngs=rngs)
         self.scale = scale
         self.activation = activation

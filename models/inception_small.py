@@ -42,6 +42,7 @@ from flax import nnx
 from ._registry import register_model
 from .inception_resnet_v2 import InceptionResNetBlock, Towers
 from .layers import (
+    Conv,
     KERAS_BN_EPS,
     KERAS_BN_MOMENTUM,
     Classifier,
@@ -60,7 +61,7 @@ class ConvReLU(nnx.Module):
     def __init__(self, in_f: int, out_f: int, kernel: int | Sequence[int] = 3, strides: int = 1,
                  padding: str = "SAME", *, kernel_init=glorot_uniform, rngs: nnx.Rngs):
         ks = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
-        self.conv = nnx.Conv(in_f, out_f, ks, strides=strides, padding=padding, use_bias=True,
+        self.conv = Conv(in_f, out_f, ks, strides=strides, padding=padding, use_bias=True,
                              kernel_init=kernel_init, rngs=rngs)
 
     def __call__(self, x):

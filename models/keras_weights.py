@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .layers import DepthwiseConv, glorot_uniform
+from .layers import Conv, DepthwiseConv, glorot_uniform
 from .weights_errors import WeightsFileError
 
 # Layers that belong to Keras' ``include_top=True`` part. They may be absent from a file
@@ -81,7 +81,7 @@ class SeparableConv(nnx.Module):
             in_features, depth_multiplier, kernel_size, strides, padding, use_bias=False,
             kernel_init=kernel_init, impl=depthwise_impl, rngs=rngs,
         )
-        self.pointwise = nnx.Conv(
+        self.pointwise = Conv(
             in_features * depth_multiplier, out_features, (1, 1), use_bias=use_bias,
             kernel_init=kernel_init, rngs=rngs,
         )

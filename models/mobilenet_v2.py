@@ -19,7 +19,7 @@ from flax import nnx
 
 from ._registry import PretrainedFile, register_model
 from .keras_weights import load_keras_h5
-from .layers import Classifier, DepthwiseConv, glorot_uniform, global_avg_pool, make_head
+from .layers import Conv, Classifier, DepthwiseConv, glorot_uniform, global_avg_pool, make_head
 
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.999  # keras.applications.mobilenet_v2, every BatchNormalization
@@ -59,7 +59,7 @@ def relu6(x):
 
 
 def _conv1x1(in_f: int, out_f: int, *, rngs):
-    return nnx.Conv(in_f, out_f, (1, 1), use_bias=False, kernel_init=glorot_uniform, rngs=rngs)
+    return Conv(in_f, out_f, (1, 1), use_bias=False, kernel_init=glorot_uniform, rngs=rngs)
 
 
 def _bn(features: int, *, rngs, momentum: float = BN_MOMENTUM):
@@ -71,7 +71,7 @@ class ConvBNReLU6(nnx.Module):
 
     def __init__(self, in_f: int, out_f: int, kernel: int, stride: int, *, rngs: nnx.Rngs,
                  bn_momentum: float = BN_MOMENTUM):
-        self.conv = nnx.Conv(in_f, out_f, (kernel, kernel), strides=stride, padding="SAME",
+        self.conv = Conv(in_f, out_f, (kernel, kernel), strides=stride, padding="SAME",
                              use_bias=False, kernel_init=glorot_uniform, rngs=rngs)
         self.bn = _bn(out_f, rngs=rngs, momentum=bn_momentum)
 

@@ -22,6 +22,7 @@ from flax import nnx
 from ._registry import PretrainedFile, register_model
 from .keras_weights import load_keras_h5
 from .layers import (
+    Conv,
     KERAS_BN_MOMENTUM,
     Classifier,
     global_avg_pool,
@@ -36,7 +37,7 @@ _WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/res
 
 def _conv(in_f: int, out_f: int, kernel: int, stride: int = 1, padding="VALID", *, rngs):
     # Keras Conv2D defaults: bias on, glorot-uniform kernel, zero bias.
-    return nnx.Conv(in_f, out_f, (kernel, kernel), strides=stride, padding=padding,
+    return Conv(in_f, out_f, (kernel, kernel), strides=stride, padding=padding,
                     use_bias=True, kernel_init=glorot_uniform, rngs=rngs)
 
 

@@ -14,6 +14,7 @@ from flax import nnx
 
 from ._registry import register_model
 from .layers import (
+    Conv,
     KERAS_BN_EPS,
     KERAS_BN_MOMENTUM,
     Classifier,
@@ -44,7 +45,7 @@ class ConvBlock(nnx.Module):
     def __init__(self, in_features: int, out_features: int, kernel_size: int, padding: str,
                  *, pool: bool, batch_norm: bool, dropout: float, kernel_init,
                  rngs: nnx.Rngs):
-        self.conv = nnx.Conv(
+        self.conv = Conv(
             in_features, out_features, (kernel_size, kernel_size), padding=padding,
             use_bias=not batch_norm,  # a bias before BatchNorm is cancelled by its mean
             kernel_init=kernel_init, rngs=rngs,

@@ -25,7 +25,7 @@ from __future__ import annotations
 from flax import nnx
 
 from ._registry import register_model
-from .layers import Classifier, global_max_pool, make_head, max_pool
+from .layers import Conv, Classifier, global_max_pool, make_head, max_pool
 
 caffe_xavier = nnx.initializers.variance_scaling(1.0, "fan_in", "uniform")
 caffe_gaussian = nnx.initializers.normal(0.01)
@@ -60,7 +60,7 @@ class SimpleNetLayer(nnx.Module):
         if unknown:
             raise ValueError(f"unknown SimpleNet ops {sorted(unknown)}; expected some of "
                              f"{sorted(_OPS)}")
-        self.conv = nnx.Conv(in_f, out_f, (kernel, kernel), padding="SAME", use_bias=True,
+        self.conv = Conv(in_f, out_f, (kernel, kernel), padding="SAME", use_bias=True,
                              kernel_init=kernel_init, rngs=rngs)
         self.bn = (nnx.BatchNorm(out_f, momentum=0.95, epsilon=1e-5, rngs=rngs)
                    if "bn" in ops else None)

@@ -15,6 +15,7 @@ from flax import nnx
 
 from ._registry import PretrainedFile, register_model
 from .layers import (
+    Conv,
     KERAS_BN_EPS,
     KERAS_BN_MOMENTUM,
     Classifier,
@@ -78,7 +79,7 @@ class VGG(Classifier):
         for b, widths in enumerate(blocks):
             convs = []
             for width in widths:
-                convs.append(nnx.Conv(in_f, width, (3, 3), padding="SAME",
+                convs.append(Conv(in_f, width, (3, 3), padding="SAME",
                                       kernel_init=glorot_uniform, rngs=rngs))
                 in_f = width
             setattr(self, f"block{b + 1}", nnx.List(convs))

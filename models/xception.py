@@ -26,6 +26,7 @@ from ._registry import PretrainedFile, register_model
 from .keras_weights import keras_auto_name, load_keras_h5_by_creation_order
 from .keras_weights import SeparableConv
 from .layers import (
+    Conv,
     KERAS_BN_EPS,
     KERAS_BN_MOMENTUM,
     Classifier,
@@ -59,10 +60,10 @@ class Stem(nnx.Module):
     """``block1``: 3x3/2 conv 32 -> BN -> ReLU -> 3x3 conv 64 -> BN -> ReLU, both "valid"."""
 
     def __init__(self, in_f: int = 3, *, rngs: nnx.Rngs):
-        self.conv1 = nnx.Conv(in_f, 32, (3, 3), strides=2, padding="VALID", use_bias=False,
+        self.conv1 = Conv(in_f, 32, (3, 3), strides=2, padding="VALID", use_bias=False,
                               kernel_init=glorot_uniform, rngs=rngs)
         self.bn1 = _bn(32, rngs=rngs)
-        self.conv2 = nnx.Conv(32, 64, (3, 3), padding="VALID", use_bias=False,
+        self.conv2 = Conv(32, 64, (3, 3), padding="VALID", use_bias=False,
                               kernel_init=glorot_uniform, rngs=rngs)
         self.bn2 = _bn(64, rngs=rngs)
         self.out_features = 64
@@ -83,7 +84,7 @@ class DownBlock(nnx.Module):
     def __init__(self, in_f: int, mid_f: int, out_f: int, first_relu: bool = True,
                  *, rngs: nnx.Rngs):
         # Keras creates the shortcut first: it takes the lower auto-name number.
-        self.shortcut_conv = nnx.Conv(in_f, out_f, (1, 1), strides=2, padding="SAME",
+        self.shortcut_conv = Conv(in_f, out_f, (1, 1), strides=2, padding="SAME",
                                       use_bias=False, kernel_init=glorot_uniform, rngs=rngs)
         self.shortcut_bn = _bn(out_f, rngs=rngs)
         self.sep1 = SepConvBN(in_f, mid_f, rngs=rngs)
