@@ -118,7 +118,7 @@ class InceptionResNetBlock(nnx.Module):
                  up_init=glorot_uniform, rngs: nnx.Rngs):
         self.branches = Towers(in_f, towers, unit=unit, rngs=rngs)
         self.up = Conv(self.branches.out_features, in_f, (1, 1), use_bias=True,
-                           kernel_init=up_init, rngs=rngs)
+                       kernel_init=up_init, rngs=rngs)
         self.scale = scale
         self.activation = activation
         self.out_features = in_f

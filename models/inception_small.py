@@ -62,7 +62,7 @@ class ConvReLU(nnx.Module):
                  padding: str = "SAME", *, kernel_init=glorot_uniform, rngs: nnx.Rngs):
         ks = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
         self.conv = Conv(in_f, out_f, ks, strides=strides, padding=padding, use_bias=True,
-                             kernel_init=kernel_init, rngs=rngs)
+                         kernel_init=kernel_init, rngs=rngs)
 
     def __call__(self, x):
         return nnx.relu(self.conv(x))

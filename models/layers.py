@@ -200,23 +200,31 @@ def depthwise_conv_taps(x, kernel, strides=1, padding="SAME", dilation=1):
     Channels stay the minor (vectorised) axis; XLA fuses the sum into one loop."""
     strides, dilation = _pair(strides, "strides"), _pair(dilation, "dilation")
     kh, kw, one, cout = kernel.shape
-    n, h, w, c = x.shape
+    c = x.shape[3]
     if one != 1 or cout % c:
         raise ValueError(f"depthwise kernel {kernel.shape} for {c} input channels: expected "
                          f"(h, w, 1, {c} * multiplier)")
     if cout != c:  # channel multiplier: output channel c * m + j reads input channel c
         x = jnp.repeat(x, cout // c, axis=-1)
+    xp, geom = _padded(x, (kh, kw), strides, padding, dilation, "depthwise conv")
+    return _tap_sum(xp, kernel, geom)
+
+
+def _padded(x, kernel_hw, strides, padding, dilation, what: str):
+    """``x`` padded as ``padding`` says and the window geometry ``(oh, ow, sh, sw, dh, dw)``
+    of a ``kernel_hw`` convolution over it (``strides``, ``dilation``: pairs)."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel_hw, strides, dilation
+    h, w = x.shape[1:3]
     pads = _explicit_pads(padding, (h, w), (kh, kw), strides, dilation)
-    (sh, sw), (dh, dw) = strides, dilation
     oh = (h + sum(pads[0]) - (kh - 1) * dh - 1) // sh + 1
     ow = (w + sum(pads[1]) - (kw - 1) * dw - 1) // sw + 1
     if oh <= 0 or ow <= 0:
-        raise ValueError(f"depthwise conv of a {h}x{w} input with a {kh}x{kw} kernel: "
-                         "empty output")
-    # Negative padding (allowed by lax) crops; lax.pad takes both signs.
-    xp = jax.lax.pad(x, jnp.zeros((), x.dtype),
-                     ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
-    return _tap_sum(xp, kernel, (oh, ow, sh, sw, dh, dw))
+        raise ValueError(f"{what} of a {h}x{w} input with a {kh}x{kw} kernel: empty output")
+    if any(p for pair in pads for p in pair):
+        # Negative padding (allowed by lax) crops; lax.pad takes both signs.
+        x = jax.lax.pad(x, jnp.zeros((), x.dtype),
+                        ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+    return x, (oh, ow, sh, sw, dh, dw)
 
 
 def _taps(xp, kh: int, kw: int, geom) -> list:
@@ -233,9 +241,8 @@ def _taps(xp, kh: int, kw: int, geom) -> list:
 def _tap_sum_impl(xp, kernel, geom):
     kh, kw = kernel.shape[:2]
     y = None
-    for (i, j), tap in zip(((i, j) for i in range(kh) for j in range(kw)),
-                           _taps(xp, kh, kw, geom)):
-        term = tap * kernel[i, j, 0]
+    for k, tap in enumerate(_taps(xp, kh, kw, geom)):
+        term = tap * kernel[k // kw, k % kw, 0]
         y = term if y is None else y + term
     return y
 
@@ -312,25 +319,15 @@ def conv_matmul(x, kernel, strides=1, padding="SAME", dilation=1):
     """NHWC convolution with an HWIO ``kernel`` (no groups), as one matrix product: a 1x1
     kernel reads the strided pixels directly, a larger one its im2col patches (the taps in
     the kernel's ``(i, j, c)`` order). Agrees with ``lax.conv_general_dilated`` to float
-    rounding (tests/test_depthwise.py)."""
+    rounding (tests/test_conv_matmul.py)."""
     strides, dilation = _pair(strides, "strides"), _pair(dilation, "dilation")
     kh, kw, cin, cout = kernel.shape
-    n, h, w, c = x.shape
+    n, c = x.shape[0], x.shape[3]
     if c != cin:
         raise ValueError(f"conv kernel {kernel.shape} for {c} input channels")
-    pads = _explicit_pads(padding, (h, w), (kh, kw), strides, dilation)
-    (sh, sw), (dh, dw) = strides, dilation
-    oh = (h + sum(pads[0]) - (kh - 1) * dh - 1) // sh + 1
-    ow = (w + sum(pads[1]) - (kw - 1) * dw - 1) // sw + 1
-    if oh <= 0 or ow <= 0:
-        raise ValueError(f"conv of a {h}x{w} input with a {kh}x{kw} kernel: empty output")
-    if any(p for pair in pads for p in pair):
-        x = jax.lax.pad(x, jnp.zeros((), x.dtype),
-                        ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
-    taps = [jax.lax.slice(x, (0, i * dh, j * dw, 0),
-                          (n, i * dh + (oh - 1) * sh + 1, j * dw + (ow - 1) * sw + 1, cin),
-                          (1, sh, sw, 1))
-            for i in range(kh) for j in range(kw)]
+    xp, geom = _padded(x, (kh, kw), strides, padding, dilation, "conv")
+    oh, ow = geom[:2]
+    taps = _taps(xp, kh, kw, geom)
     cols = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
     y = cols.reshape(n * oh * ow, kh * kw * cin) @ kernel.reshape(kh * kw * cin, cout)
     return y.reshape(n, oh, ow, cout)

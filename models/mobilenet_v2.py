@@ -72,7 +72,7 @@ class ConvBNReLU6(nnx.Module):
     def __init__(self, in_f: int, out_f: int, kernel: int, stride: int, *, rngs: nnx.Rngs,
                  bn_momentum: float = BN_MOMENTUM):
         self.conv = Conv(in_f, out_f, (kernel, kernel), strides=stride, padding="SAME",
-                             use_bias=False, kernel_init=glorot_uniform, rngs=rngs)
+                         use_bias=False, kernel_init=glorot_uniform, rngs=rngs)
         self.bn = _bn(out_f, rngs=rngs, momentum=bn_momentum)
 
     def __call__(self, x):

@@ -38,7 +38,7 @@ _WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/res
 def _conv(in_f: int, out_f: int, kernel: int, stride: int = 1, padding="VALID", *, rngs):
     # Keras Conv2D defaults: bias on, glorot-uniform kernel, zero bias.
     return Conv(in_f, out_f, (kernel, kernel), strides=stride, padding=padding,
-                    use_bias=True, kernel_init=glorot_uniform, rngs=rngs)
+                use_bias=True, kernel_init=glorot_uniform, rngs=rngs)
 
 
 def _bn(features: int, *, rngs):

@@ -61,7 +61,7 @@ class SimpleNetLayer(nnx.Module):
             raise ValueError(f"unknown SimpleNet ops {sorted(unknown)}; expected some of "
                              f"{sorted(_OPS)}")
         self.conv = Conv(in_f, out_f, (kernel, kernel), padding="SAME", use_bias=True,
-                             kernel_init=kernel_init, rngs=rngs)
+                         kernel_init=kernel_init, rngs=rngs)
         self.bn = (nnx.BatchNorm(out_f, momentum=0.95, epsilon=1e-5, rngs=rngs)
                    if "bn" in ops else None)
         self.drop = nnx.Dropout(dropout, rngs=rngs) if "drop" in ops and dropout > 0 else None

@@ -80,7 +80,7 @@ class VGG(Classifier):
             convs = []
             for width in widths:
                 convs.append(Conv(in_f, width, (3, 3), padding="SAME",
-                                      kernel_init=glorot_uniform, rngs=rngs))
+                                  kernel_init=glorot_uniform, rngs=rngs))
                 in_f = width
             setattr(self, f"block{b + 1}", nnx.List(convs))
         self.include_top = include_top

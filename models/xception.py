@@ -61,10 +61,10 @@ class Stem(nnx.Module):
 
     def __init__(self, in_f: int = 3, *, rngs: nnx.Rngs):
         self.conv1 = Conv(in_f, 32, (3, 3), strides=2, padding="VALID", use_bias=False,
-                              kernel_init=glorot_uniform, rngs=rngs)
+                          kernel_init=glorot_uniform, rngs=rngs)
         self.bn1 = _bn(32, rngs=rngs)
         self.conv2 = Conv(32, 64, (3, 3), padding="VALID", use_bias=False,
-                              kernel_init=glorot_uniform, rngs=rngs)
+                          kernel_init=glorot_uniform, rngs=rngs)
         self.bn2 = _bn(64, rngs=rngs)
         self.out_features = 64
 
@@ -85,7 +85,7 @@ class DownBlock(nnx.Module):
                  *, rngs: nnx.Rngs):
         # Keras creates the shortcut first: it takes the lower auto-name number.
         self.shortcut_conv = Conv(in_f, out_f, (1, 1), strides=2, padding="SAME",
-                                      use_bias=False, kernel_init=glorot_uniform, rngs=rngs)
+                                  use_bias=False, kernel_init=glorot_uniform, rngs=rngs)
         self.shortcut_bn = _bn(out_f, rngs=rngs)
         self.sep1 = SepConvBN(in_f, mid_f, rngs=rngs)
         self.sep2 = SepConvBN(mid_f, out_f, rngs=rngs)

@@ -93,7 +93,6 @@ def parse_budget(text) -> float:
     return value
 
 
-
 class _Fill(dict):
     def __missing__(self, key):
         return {"backbone": "(best backbone)", "backbones": "..."}.get(key, "{" + key + "}")
