@@ -43,12 +43,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--finetune-freeze", help="blocks still frozen in stage 2 (default: none)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bench",
-        description="Train, evaluate and compare image classifiers (JAX/Flax) on your images.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def _run_parser(sub) -> None:
+    """``bench run``: a suite of runs (quick, seeds, zoo) on one data set."""
     p = sub.add_parser("run", help="run a suite of models and write the comparison table")
     p.add_argument("--suite", default="quick",
                    help="'quick' (default: two models on --dataset), 'seeds' (the five "
@@ -69,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     _add_common(p)
 
+
+def _predict_parser(sub) -> None:
+    """``bench predict``: a leaderboard row or an exported predictor on new images."""
     p = sub.add_parser("predict", help="predict images with a zoo leaderboard row or an "
                        "exported predictor folder")
     p.add_argument("--from", dest="from_", required=True,
@@ -79,10 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="csv", help="'csv' (file, predicted class, class "
                    "probabilities) or 'kaggle' (id,label: the positive class's probability)")
 
+
+def _train_parser(sub) -> None:
+    """``bench train``: one model, trained and evaluated."""
     p = sub.add_parser("train", help="train and evaluate one model")
     _add_train_args(p)
     _add_common(p)
 
+
+def _features_parser(sub) -> None:
+    """``bench features``: frozen-backbone embeddings in HDF5."""
     p = sub.add_parser("features", help="embed a data set with frozen pretrained backbones "
                        "(one HDF5 file per backbone)")
     p.add_argument("--backbone", required=True,
@@ -100,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(out="results/features")
 
+
+def _ensemble_parser(sub) -> None:
+    """``bench ensemble``: heads on feature files, their average and their stack."""
     p = sub.add_parser("ensemble", help="logistic heads on feature files, their average and "
                        "their stack, added to the results table")
     p.add_argument("--features", required=True,
@@ -111,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", "-q", action="store_true")
 
+
+def _group_parser(sub) -> None:
+    """``bench group``: report 004's class grouping of a trained run."""
     p = sub.add_parser("group", help="merge the classes a trained run confuses (from its "
                        "validation confusion) and score its test predictions per group")
     p.add_argument("--run", required=True, help="a run directory, OUT/runs/<run_id>")
@@ -123,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="prepared-data cache (only for runs without saved "
                    "validation predictions)")
 
+
+def _speed_parser(sub) -> None:
+    """``bench speed``: the timm-style throughput table, optionally against peers."""
     p = sub.add_parser("speed", help="train/inference throughput, GFLOPs and MFU per model "
                        "(timm-style table), optionally against Keras and PyTorch")
     p.add_argument("--models", required=True, help="comma-separated names or patterns")
@@ -147,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="speed", help="output file stem (NAME.json, NAME.md)")
     p.add_argument("--quiet", "-q", action="store_true")
 
+
+def _compare_parser(sub) -> None:
+    """``bench compare``: changes between two result or benchmark files."""
     p = sub.add_parser("compare", help="changes between two result or benchmark files "
                        "(speed.json, pytest-benchmark JSON, summary.csv); exit 1 on regressions")
     p.add_argument("a")
@@ -155,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="relative change flagged as a regression (default 0.05)")
     p.add_argument("--json", help="also write the rows to this JSON file")
 
+
+def _report_parser(sub) -> None:
+    """``bench report``: tables, plots and the HTML page from run records."""
     p = sub.add_parser("report", help="regenerate summary.csv / summary.md from run records")
     p.add_argument("dir", nargs="?", default=DEFAULT_OUT)
     p.add_argument("--title")
@@ -162,13 +182,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace tables even with fewer rows than they have (by default a "
                         "table is kept when its run records are missing)")
 
+
+def _inspect_parser(sub) -> None:
+    """``bench inspect``: the data-set audit (its flags live in ``inspect_options``)."""
     from .inspect_options import add_inspect_parser
 
     add_inspect_parser(sub)
 
+
+def _models_parser(sub) -> None:
+    """``bench models``: the registry."""
     p = sub.add_parser("models", help="list registered models")
     p.add_argument("pattern", nargs="?", default="*")
     p.add_argument("--no-params", action="store_true", help="skip parameter counting (faster)")
+
+SUBCOMMANDS = (_run_parser, _predict_parser, _train_parser, _features_parser,
+               _ensemble_parser, _group_parser, _speed_parser, _compare_parser,
+               _report_parser, _inspect_parser, _models_parser)
+"""One function per subcommand, in the order ``bench --help`` lists them."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench",
+        description="Train, evaluate and compare image classifiers (JAX/Flax) on your images.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
     return parser
 
 
