@@ -184,8 +184,8 @@ def _report_parser(sub) -> None:
 
 
 def _inspect_parser(sub) -> None:
-    """``bench inspect``: the data-set audit (its flags live in ``inspect_options``)."""
-    from .inspect_options import add_inspect_parser
+    """``bench inspect``: the data-set audit (its flags live in ``inspect.options``)."""
+    from .inspect.options import add_inspect_parser
 
     add_inspect_parser(sub)
 

@@ -218,3 +218,18 @@ def test_dogs_vs_cats_planted_duplicates(assets, tmp_path):
     dup_flagged = {f["path"] for f in r["flagged"]
                    if {"exact-duplicate", "near-duplicate"} & set(f["kinds"])}
     assert dup_flagged == set(planted) | {"train/dog/dog.74.jpg"}  # the train copies are kept
+
+
+def test_the_package_and_its_flags_load_no_numpy():
+    """`bench --help` reads bench.inspect.options: the package's __init__ stays stdlib-only,
+    its public names import their module on first use."""
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    code = ("import sys, bench.inspect, bench.inspect.options; a = 'numpy' in sys.modules; "
+            "bench.inspect.phash; print(a, 'numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO, check=True).stdout
+    assert out.split() == ["False", "True"]

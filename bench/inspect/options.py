@@ -1,9 +1,11 @@
-"""``bench inspect``'s flags and defaults: standard library only, so ``bench --help`` loads
-no numpy (the analysis is ``bench.inspect``)."""
+"""``bench inspect``'s flags, defaults and their checks: standard library only (as is the
+package's ``__init__``), so ``bench --help`` loads no numpy."""
 
 from __future__ import annotations
 
 import argparse
+import math
+import numbers
 
 # Measured on the 2,002 Kaggle Dogs vs. Cats originals (tests/test_inspect.py, module
 # docstring of the CLI help): the one genuine duplicate pair is at distance 2, the closest
@@ -15,6 +17,7 @@ import argparse
 DEFAULT_NEAR_THRESHOLD = 6
 DEFAULT_MIN_CORR = 0.8
 KINDS = ("unreadable", "exact-duplicate", "near-duplicate", "low-resolution", "colour-outlier")
+SPLIT_ORDER = ("train", "val", "test")
 
 
 def _kinds_arg(flag: str):
@@ -67,3 +70,39 @@ def add_inspect_parser(subparsers) -> argparse.ArgumentParser:
                    help="contact sheet of duplicate pairs across splits only")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     return p
+
+
+def check_options(*, image_size, near_threshold, near_min_corr, iqr_k, min_side, low_res_k,
+                  sheet_max, exclude, sheet_kinds, val_fraction, test_fraction
+                  ) -> tuple[str, ...]:
+    """Check ``inspect_dataset``'s settings (one-line ValueError); return the sheet's kinds."""
+    # numbers.Integral: int and numpy's integers (numpy registers them), without numpy here.
+    if not (isinstance(near_min_corr, (int, float)) and -1 <= near_min_corr <= 1):
+        raise ValueError(f"--near-min-corr {near_min_corr}: expected a correlation in -1..1")
+    if not (isinstance(low_res_k, (int, float)) and math.isfinite(low_res_k) and low_res_k > 0):
+        raise ValueError(f"--low-res-k {low_res_k}: expected a positive number")
+    if not isinstance(image_size, numbers.Integral) or image_size < 8:
+        raise ValueError(f"--image-size {image_size}: expected an integer of at least 8")
+    if not isinstance(near_threshold, numbers.Integral) or not 0 <= near_threshold <= 32:
+        raise ValueError(f"--near-threshold {near_threshold}: expected a Hamming distance "
+                         "in 0..32 (of 64 bits)")
+    if not (isinstance(iqr_k, (int, float)) and math.isfinite(iqr_k) and iqr_k > 0):
+        raise ValueError(f"--iqr-k {iqr_k}: expected a positive number (1.5 is Tukey's)")
+    if min_side is not None and (not isinstance(min_side, numbers.Integral) or min_side < 1):
+        raise ValueError(f"--min-side {min_side}: expected a positive number of pixels")
+    if not isinstance(sheet_max, numbers.Integral) or sheet_max < 0:
+        raise ValueError(f"--sheet-max {sheet_max}: expected a non-negative integer")
+    bad = sorted(set(exclude) - set(KINDS))
+    if bad:
+        raise ValueError(f"--exclude {','.join(bad)}: unknown kind; expected some of "
+                         f"{','.join(KINDS)}")
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1
+            and val_fraction + test_fraction < 1):
+        raise ValueError(f"--val-fraction {val_fraction} / --test-fraction {test_fraction}: "
+                         "expected fractions in [0, 1) whose sum is below 1")
+    sheet_kinds = tuple(sheet_kinds) if sheet_kinds else KINDS
+    bad = sorted(set(sheet_kinds) - set(KINDS))
+    if bad:
+        raise ValueError(f"--sheet-kinds {','.join(bad)}: unknown kind; expected some of "
+                         f"{','.join(KINDS)}")
+    return sheet_kinds
