@@ -38,9 +38,17 @@ def run_ensemble(files: list[Path], out_dir: str | Path, *, cv: int = 5, seed: i
     inside the training rows). The stack's level-1 model learns from out-of-fold member
     probabilities on the same rows.
     """
+    views = _load_views(files)
+    probas, fit_s, ens = _fit_methods(views, cv=cv, seed=seed, quiet=quiet)
+    labels = list(range(len(views["classes"])))
+    rows = _score(probas, views, ens, eps=eps, seed=seed, labels=labels)
+    return _write_rows(rows, files, views, fit_s, ens, out_dir, eps=eps)
+
+
+def _load_views(files: list[Path]) -> dict:
+    """The feature files as row-aligned views: fit (train + val) and test, with labels."""
     import features
-    from ensembles import (AveragingEnsemble, LogisticHead, PrefitMember, StackingEnsemble,
-                           Views, compare)
+    from ensembles import Views
 
     data = [features.load([f]) for f in files]
     names = [d.backbones[0] for d in data]
@@ -50,7 +58,6 @@ def run_ensemble(files: list[Path], out_dir: str | Path, *, cv: int = 5, seed: i
     fp = {a.get("dataset_fingerprint") for a in attrs}
     if len(fp) != 1:
         raise ValueError(f"feature files come from different data sets: {files}")
-    classes = data[0].classes
 
     def fit_xy(d):
         X = np.concatenate([d["train"][0], d["val"][0]])
@@ -62,9 +69,18 @@ def run_ensemble(files: list[Path], out_dir: str | Path, *, cv: int = 5, seed: i
     for d, f in zip(data[1:], files[1:]):
         if not (np.array_equal(fit_xy(d)[1], y_fit) and np.array_equal(d["test"][1], y_test)):
             raise ValueError(f"{f}: labels are not row-aligned with {files[0]}")
-    fit_views = Views({n: fit_xy(d)[0] for n, d in zip(names, data)})
-    test_views = Views({n: d["test"][0] for n, d in zip(names, data)})
+    return {"data": data, "names": names, "attrs": attrs, "classes": data[0].classes,
+            "fit": Views({n: fit_xy(d)[0] for n, d in zip(names, data)}),
+            "test": Views({n: d["test"][0] for n, d in zip(names, data)}),
+            "y_fit": y_fit, "y_test": y_test}
 
+
+def _fit_methods(views: dict, *, cv: int, seed: int, quiet: bool):
+    """Fit the heads (and, for two or more files, concat, average and stack); return their
+    test probabilities, fit times and each ensemble's members."""
+    from ensembles import AveragingEnsemble, LogisticHead, PrefitMember, StackingEnsemble
+
+    names, fit_views, test_views, y_fit = (views[k] for k in ("names", "fit", "test", "y_fit"))
     probas, fit_s = {}, {}
 
     def timed(label, fn):
@@ -92,25 +108,36 @@ def run_ensemble(files: list[Path], out_dir: str | Path, *, cv: int = 5, seed: i
             [(n, LogisticHead(cv=cv, random_state=seed)) for n in names], cv=cv).fit(
             fit_views, y_fit))
         probas["stack"] = stack.predict_proba(test_views)
+    ens = {m: [f"head:{n}" for n in names] for m in ("concat", "average", "stack")
+           if m in probas}
+    return probas, fit_s, ens
 
+
+def _score(probas: dict, views: dict, ens: dict, *, eps: float, seed: int,
+           labels: list[int]) -> list[dict]:
+    """The compared rows on the test split, each with its log-loss gap to the best row."""
+    from ensembles import compare, log_loss_difference
+
+    y_test = views["y_test"]
     # Inference cost: the backbone's measured extraction rate (the head's cost is negligible).
     ips = {}
-    for n, a, d in zip(names, attrs, data):
+    for n, a, d in zip(views["names"], views["attrs"], views["data"]):
         n_img = sum(len(d[s][1]) for s in ("train", "val", "test"))
         if a.get("seconds"):
             ips[f"head:{n}"] = n_img / float(a["seconds"])
-    ens = {m: [f"head:{n}" for n in names] for m in ("concat", "average", "stack")
-           if m in probas}
-    rows = compare(probas, y_test, ips, ensembles=ens, eps=eps,
-                   labels=list(range(len(classes))))
+    rows = compare(probas, y_test, ips, ensembles=ens, eps=eps, labels=labels)
     # Is each gap to the best row more than the test split's sampling noise?
-    from ensembles import log_loss_difference
-
     best = next(r["method"] for r in rows if r["best"])
     for row in rows:
         row["vs_best"] = log_loss_difference(y_test, probas[row["method"]], probas[best],
-                                             eps=eps, labels=list(range(len(classes))),
-                                             seed=seed)
+                                             eps=eps, labels=labels, seed=seed)
+    return rows
+
+
+def _write_rows(rows: list[dict], files: list[Path], views: dict, fit_s: dict, ens: dict,
+                out_dir, *, eps: float) -> list[dict]:
+    """One results row a method under ``out_dir/rows``, and ``ensemble-<data>.md``."""
+    attrs, classes = views["attrs"], views["classes"]
     dataset = attrs[0].get("dataset", "features")
     written = []
     for row in rows:

@@ -69,16 +69,8 @@ def extract(
       its backbone, weights checksum, input size and dataset fingerprint all match; otherwise
       (or when unreadable) it is recomputed with a warning. The file appears atomically.
     """
-    import jax
-
     info = models.get_model_info(backbone)
-    size = tuple(int(v) for v in (image_size or info.input_size[:2]))[:2]
-    if info.min_input_size and (size[0] < info.min_input_size[0]
-                                or size[1] < info.min_input_size[1]):
-        raise ValueError(f"image_size={size} is below {backbone}'s minimum "
-                         f"{tuple(info.min_input_size)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    size = _checked_size(backbone, info, image_size, batch_size)
     input_size = (*size, info.input_size[2])
     split_sizes = {name: len(split.labels) for name, split in dataset.splits.items()}
     weights_label, weights_file, checksum = _weights_identity(info, weights, weights_dir, model)
@@ -101,39 +93,14 @@ def extract(
                                     seed=RANDOM_INIT_SEED)
     model.eval()
     devs = _devices(devices)
-    n_dev = len(devs)
     largest = max(split_sizes.values(), default=0)
-    step = min(_round_up(batch_size, n_dev), max(_round_up(largest, n_dev), n_dev))
+    step = min(_round_up(batch_size, len(devs)), max(_round_up(largest, len(devs)), len(devs)))
     data_size = tuple(int(v) for v in dataset.image_size)[:2]
-    resize = ("none" if data_size == size else
-              f"{data_size[0]}x{data_size[1]} -> {size[0]}x{size[1]} on device "
-              f"(jax.image.resize bilinear, antialias=True)")
-
     forward, state, data_sharding = _compile_forward(backbone, model, devs, size)
-    probe = jax.ShapeDtypeStruct((step, *data_size, input_size[2]), np.uint8)
-    out_shape = jax.eval_shape(forward, state, probe)
-    if len(out_shape.shape) != 2:
-        raise ValueError(f"{backbone}: the embedding must be (N, D), got shape {out_shape.shape}"
-                         " (was the model built with num_classes=0 and global pooling?)")
-    dim = int(out_shape.shape[1])
-
-    attrs = dict(identity)
-    attrs.update(
-        weights=weights_label,
-        weights_file=weights_file or "",
-        input_size=np.asarray(input_size, np.int64),
-        dataset=str(dataset.name),
-        dataset_image_size=np.asarray(data_size, np.int64),
-        classes=json.dumps([str(c) for c in dataset.classes]),
-        feature_dim=dim,
-        preprocessing=info.preprocessing,
-        resize=resize,
-        splits=json.dumps(list(split_sizes)),
-        num_devices=n_dev,
-        batch_size=step,
-        versions=json.dumps(_versions()),
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    )
+    dim = _feature_dim(backbone, forward, state, (step, *data_size, input_size[2]))
+    attrs = _file_attrs(identity, info, dataset, weights_label=weights_label,
+                        weights_file=weights_file, data_size=data_size, size=size, dim=dim,
+                        split_sizes=split_sizes, n_dev=len(devs), step=step)
     t0 = time.perf_counter()
     with atomic_h5(path) as f, _progress_bar(progress) as bar:
         task = bar.add_task(backbone, total=sum(split_sizes.values()))
@@ -148,6 +115,55 @@ def extract(
         for key, value in attrs.items():
             f.attrs[key] = value
     return path
+
+
+def _checked_size(backbone: str, info, image_size, batch_size: int) -> tuple[int, ...]:
+    """The (H, W) to extract at (default the backbone's), checked with ``batch_size``."""
+    size = tuple(int(v) for v in (image_size or info.input_size[:2]))[:2]
+    if info.min_input_size and (size[0] < info.min_input_size[0]
+                                or size[1] < info.min_input_size[1]):
+        raise ValueError(f"image_size={size} is below {backbone}'s minimum "
+                         f"{tuple(info.min_input_size)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return size
+
+
+def _feature_dim(backbone: str, forward, state, batch_shape: tuple[int, ...]) -> int:
+    """The embedding's width, from the forward pass's abstract output (nothing computed)."""
+    import jax
+
+    out_shape = jax.eval_shape(forward, state, jax.ShapeDtypeStruct(batch_shape, np.uint8))
+    if len(out_shape.shape) != 2:
+        raise ValueError(f"{backbone}: the embedding must be (N, D), got shape {out_shape.shape}"
+                         " (was the model built with num_classes=0 and global pooling?)")
+    return int(out_shape.shape[1])
+
+
+def _file_attrs(identity: dict, info, dataset, *, weights_label, weights_file, data_size,
+                size, dim: int, split_sizes: dict, n_dev: int, step: int) -> dict:
+    """The feature file's attributes: its identity (what reuse checks) and its provenance."""
+    resize = ("none" if data_size == size else
+              f"{data_size[0]}x{data_size[1]} -> {size[0]}x{size[1]} on device "
+              f"(jax.image.resize bilinear, antialias=True)")
+    attrs = dict(identity)
+    attrs.update(
+        weights=weights_label,
+        weights_file=weights_file or "",
+        input_size=np.asarray(identity["input_size"], np.int64),
+        dataset=str(dataset.name),
+        dataset_image_size=np.asarray(data_size, np.int64),
+        classes=json.dumps([str(c) for c in dataset.classes]),
+        feature_dim=dim,
+        preprocessing=info.preprocessing,
+        resize=resize,
+        splits=json.dumps(list(split_sizes)),
+        num_devices=n_dev,
+        batch_size=step,
+        versions=json.dumps(_versions()),
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+    return attrs
 
 
 def _run_split(forward, state, data_sharding, split, name: str, step: int):

@@ -91,6 +91,31 @@ def test_no_import_circles_and_imports_point_down():
             visit(m, [m])
 
 
+MAX_FUNCTION_LINES = 100
+# Product functions allowed over MAX_FUNCTION_LINES, each with why it stays. A stale entry
+# (the function gone or short again) fails too, so the list only shrinks.
+LONG_FUNCTIONS = {
+    "bench/suites/zoo.py:run_zoo": "split in issue 21's branch",
+}
+
+
+def test_no_product_function_over_100_lines():
+    """Functions read as named stages (STYLE.md): none in the product over 100 lines."""
+    lengths = {}
+    for pkg in PACKAGES:
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    name = f"{path.relative_to(REPO).as_posix()}:{node.name}"
+                    lengths[name] = max(lengths.get(name, 0),
+                                        node.end_lineno - node.lineno + 1)
+    too_long = sorted(f"{n} ({k} lines)" for n, k in lengths.items()
+                      if k > MAX_FUNCTION_LINES and n not in LONG_FUNCTIONS)
+    assert not too_long, f"split into stages (<= ~60 lines each): {too_long}"
+    stale = sorted(n for n in LONG_FUNCTIONS if lengths.get(n, 0) <= MAX_FUNCTION_LINES)
+    assert not stale, f"{stale}: no longer over {MAX_FUNCTION_LINES} lines; remove them"
+
+
 def test_one_config_tree_drives_flags_json_and_run_id(tmp_path):
     import argparse
 

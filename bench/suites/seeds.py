@@ -363,107 +363,140 @@ def seeds_markdown(results: dict, timings: dict, total: float, root: Path, plots
          "here), at a scale a 2-core CPU finishes: compare directions and gaps, not the "
          "absolute figures. Every figure is on a held-out test split. Scale and choices: "
          "`bench/seeds.py`.", ""]
-    if "000" in results:
-        runs = results["000"]["runs"]
-        L += ["## 000: three local dishes (report: 3,428 web images, 64x64) -> Food-101, 3 "
-              "classes", "", f"Data: {_data_line(runs[0])}. From scratch: Adam 1e-3, batch 32, "
-              "6 epochs (Inception-ResNet-A model: 1 epoch), best-validation weights. Transfer: "
-              "ImageNet EfficientNet-Lite0, frozen backbone, 128x128, 3 epochs (the report's "
-              "MobileNetV2 ImageNet file is not here; it runs when found).", ""]
-        L += _run_table(runs, {**REPORTED, "efficientnet_lite0 (frozen)": REPORTED["transfer"],
-                               "mobilenet_v2 (frozen)": REPORTED["transfer"]})
-        L.append("")
-    if "001" in results:
-        r1 = results["001"]
-        L += ["## 001: Dogs vs. Cats (report: 25,000 images; ResNet50 + Xception + "
-              "InceptionV3 GAP features, concatenated head) -> 2,002-image subset", "",
-              f"Train/val/test {r1['n_images']}; frozen ImageNet EfficientNet-Lite0/1/2 at their own "
-              "sizes (224/240/260) stand in for the report's three Keras backbones (whose "
-              f"weight files are not here). Log-loss with predictions clipped to "
-              f"[{KAGGLE_CLIP:g}, 1 - {KAGGLE_CLIP:g}] as Kaggle's scorer did. Report: val "
-              "accuracy 99.4%, Kaggle test log-loss 0.04150 (concatenated head); single ResNet50 "
-              "val loss 0.0419. vs best: log-loss minus the best row's, 95% paired bootstrap "
-              "interval over the test images.", "",
-              *schema.markdown_table(schema.ensemble_rows(r1["rows"]),
-                                     schema.SEEDS_ENSEMBLE)]
-        ext = ", ".join(f"{k} {v:.0f} s" for k, v in r1["extract_s"].items() if v)
-        L += ["", f"Feature extraction (cached in `features/`, reused on a rerun): {ext}. With "
-              "400 test images, log-loss differences of a few thousandths are within noise.",
-              ""]
-    if "002" in results:
-        r2 = results["002"]
-        L += ["## 002: UECFOOD-256 small-CNN grid -> CIFAR-10 (JPEG copy) subset", "",
-              f"Data: {_data_line(r2['runs'][0])} ({CIFAR_PER_CLASS} per class and split). "
-              "Report 002's grid model (2x2 convs, filters doubling to 128, dropout 0.3, GAP + "
-              "dense), Adam 1e-3, 10 epochs, augmentation (rotation 15, shifts 0.1, zoom 0.1, "
-              "flips). Report: best from scratch (depth 5, width 128) 18.19% top-1 / 38.63% "
-              "top-5 on 256 classes; VGG16 transfer 21.73% / 49.00%.", "",
-              "| depth \\ width | " + " | ".join(str(w) for w in GRID_WIDTHS) + " |",
-              "|---|" + "---|" * len(GRID_WIDTHS)]
-        by = {(_model_args(r)["depth"], _model_args(r)["width"]):
-              r for r in r2["runs"]}
-        for d in GRID_DEPTHS:
-            cells = [f"{_pct(by[d, w]['accuracy'])} / {_pct(by[d, w]['top5_accuracy'])} "
-                     f"({schema.thousands(by[d, w]['params_total'])})" for w in GRID_WIDTHS]
-            L.append(f"| {d} | " + " | ".join(cells) + " |")
-        L += ["", "Cells: test top-1 / top-5 (parameters).", "",
-              f"Robustness of the best grid model ({r2['best']['tag']}): the test images "
-              "randomly perturbed with the report's ImageDataGenerator ranges (seeded).", "",
-              "| perturbation | report top-1 / top-5 (VGG16 transfer) | ours top-1 | top-5 | "
-              "log-loss |", "|---|---|---|---|---|"]
-        rep = {"clean": "21.73% / 49.00%", "rot45 shift0.1/0.1": "21.73% / 49.00%",
-               "rot45 shift0.1/0.1 flips": "21.73% / 49.00%",
-               "rot180 shift0.3/0.4 flips": "21.73% / 49.00%"}
-        for row in r2["robustness"]:
-            L.append(f"| {row['perturbation']} | {rep.get(row['perturbation'], '')} | "
-                     f"{_pct(row['accuracy'])} | {_pct(row['top5_accuracy'])} | "
-                     f"{_num(row['log_loss'])} |")
-        L += ["", "The report's four identical figures suggest its perturbed test generator "
-              "was never applied; a CNN trained from scratch loses accuracy under these "
-              "perturbations, as ours does.", ""]
-    if "003" in results:
-        runs = results["003"]["runs"]
-        L += ["## 003: CIFAR-100 at 224 -> CIFAR-10 (JPEG copy) subset", "",
-              f"Data: {_data_line(runs[0])}; the pretrained rows at 96x96. Report (K80, "
-              "CIFAR-100): MobileNetV2 from scratch 50.49% (360 s/epoch), InceptionV3 "
-              "ImageNet frozen then fine-tuned 49.54% (217 s/epoch), benchmark CNN 15.3% "
-              "(40 s/epoch). Our MobileNetV2 uses BatchNorm momentum 0.9: with Keras' 0.999 "
-              "its moving statistics had not converged after 840 steps and validation stayed at "
-              "chance (10.0%) while training accuracy reached 35%. Our pretrained stand-in is "
-              "EfficientNet-Lite0 (the report's "
-              "InceptionV3 ImageNet file is not here); fine-tuning: all layers, lr / 10, "
-              "2 epochs.", ""]
-        L += _run_table(runs, {"benchmark_cnn": "15.3%, 40 s/epoch",
-                               "mobilenet_v2 (scratch)": "50.49%, 360 s/epoch",
-                               "efficientnet_lite0 (frozen)": "InceptionV3 frozen",
-                               "efficientnet_lite0 (fine-tuned)": "49.54%, 217 s/epoch"})
-        L.append("")
-    if "004" in results:
-        r4 = results["004"]
-        g = r4["grouping"]
-        L += ["## 004: 73 beauty-product classes -> CIFAR-10 (JPEG copy) subset", "",
-              f"Class grouping (report: 73 -> 42 groups chosen by hand from the validation "
-              f"confusion matrix, test 37.33% -> 50.03%) on the suite's most-confused run, "
-              f"{g['tag']} (the largest confusion between two classes in both directions): "
-              f"groups found "
-              f"automatically on its validation predictions (`bench group`), scored on its "
-              f"test predictions.", "",
-              "| | classes | groups | accuracy |", "|---|---|---|---|",
-              "| report 004 (InceptionV3, their data) | 73 | 42 | 37.33% -> 50.03% |",
-              f"| ours: class level | {g['n_classes']} | | {_pct(g['accuracy'])} |",
-              f"| ours: grouped | | {g['n_groups']} | {_pct(g['grouped_accuracy'])} |",
-              f"| ours: random groupings of the same sizes | | {g['n_groups']} | "
-              f"{_pct(g['random_grouping_accuracy'])} |", "", "Groups: " + "; ".join(
-                  ", ".join(m) for m in g["groups"].values() if len(m) > 1) + ".", "",
-              "Frozen, then fine-tuning the last k stages (report: InceptionV3, RMSprop 2e-4, "
-              "last k = 1..9 inception blocks; 37.33% test at its best). Ours: "
-              "EfficientNet-Lite0 at 96x96 after 003's frozen stage, Adam lr 1e-4, 2 epochs.",
-              ""]
-        L += _run_table([r4["frozen"], *r4["runs"], r4["all"]])
-        L.append("")
+    for code, section in _SECTIONS.items():
+        if code in results:
+            L += section(results)
     if plots:
         L += ["## Plots", ""]
         for p in plots:
             rel = Path(p).relative_to(out)
             L += [f"![{rel.stem}]({rel.as_posix()})", ""]
     return "\n".join(L)
+
+
+def _section_000(results: dict) -> list[str]:
+    """Report 000 (three local dishes -> Food-101, 3 classes): from scratch and transfer."""
+    L: list[str] = []
+    runs = results["000"]["runs"]
+    L += ["## 000: three local dishes (report: 3,428 web images, 64x64) -> Food-101, 3 "
+          "classes", "", f"Data: {_data_line(runs[0])}. From scratch: Adam 1e-3, batch 32, "
+          "6 epochs (Inception-ResNet-A model: 1 epoch), best-validation weights. Transfer: "
+          "ImageNet EfficientNet-Lite0, frozen backbone, 128x128, 3 epochs (the report's "
+          "MobileNetV2 ImageNet file is not here; it runs when found).", ""]
+    L += _run_table(runs, {**REPORTED, "efficientnet_lite0 (frozen)": REPORTED["transfer"],
+                           "mobilenet_v2 (frozen)": REPORTED["transfer"]})
+    L.append("")
+    return L
+
+
+def _section_001(results: dict) -> list[str]:
+    """Report 001 (Dogs vs. Cats): frozen-backbone features and the stacked heads."""
+    L: list[str] = []
+    r1 = results["001"]
+    L += ["## 001: Dogs vs. Cats (report: 25,000 images; ResNet50 + Xception + "
+          "InceptionV3 GAP features, concatenated head) -> 2,002-image subset", "",
+          f"Train/val/test {r1['n_images']}; frozen ImageNet EfficientNet-Lite0/1/2 at their own "
+          "sizes (224/240/260) stand in for the report's three Keras backbones (whose "
+          f"weight files are not here). Log-loss with predictions clipped to "
+          f"[{KAGGLE_CLIP:g}, 1 - {KAGGLE_CLIP:g}] as Kaggle's scorer did. Report: val "
+          "accuracy 99.4%, Kaggle test log-loss 0.04150 (concatenated head); single ResNet50 "
+          "val loss 0.0419. vs best: log-loss minus the best row's, 95% paired bootstrap "
+          "interval over the test images.", "",
+          *schema.markdown_table(schema.ensemble_rows(r1["rows"]),
+                                 schema.SEEDS_ENSEMBLE)]
+    ext = ", ".join(f"{k} {v:.0f} s" for k, v in r1["extract_s"].items() if v)
+    L += ["", f"Feature extraction (cached in `features/`, reused on a rerun): {ext}. With "
+          "400 test images, log-loss differences of a few thousandths are within noise.",
+          ""]
+    return L
+
+
+def _section_002(results: dict) -> list[str]:
+    """Report 002 (UECFOOD-256 small-CNN grid -> CIFAR-10): the grid and its robustness."""
+    L: list[str] = []
+    r2 = results["002"]
+    L += ["## 002: UECFOOD-256 small-CNN grid -> CIFAR-10 (JPEG copy) subset", "",
+          f"Data: {_data_line(r2['runs'][0])} ({CIFAR_PER_CLASS} per class and split). "
+          "Report 002's grid model (2x2 convs, filters doubling to 128, dropout 0.3, GAP + "
+          "dense), Adam 1e-3, 10 epochs, augmentation (rotation 15, shifts 0.1, zoom 0.1, "
+          "flips). Report: best from scratch (depth 5, width 128) 18.19% top-1 / 38.63% "
+          "top-5 on 256 classes; VGG16 transfer 21.73% / 49.00%.", "",
+          "| depth \\ width | " + " | ".join(str(w) for w in GRID_WIDTHS) + " |",
+          "|---|" + "---|" * len(GRID_WIDTHS)]
+    by = {(_model_args(r)["depth"], _model_args(r)["width"]):
+          r for r in r2["runs"]}
+    for d in GRID_DEPTHS:
+        cells = [f"{_pct(by[d, w]['accuracy'])} / {_pct(by[d, w]['top5_accuracy'])} "
+                 f"({schema.thousands(by[d, w]['params_total'])})" for w in GRID_WIDTHS]
+        L.append(f"| {d} | " + " | ".join(cells) + " |")
+    L += ["", "Cells: test top-1 / top-5 (parameters).", "",
+          f"Robustness of the best grid model ({r2['best']['tag']}): the test images "
+          "randomly perturbed with the report's ImageDataGenerator ranges (seeded).", "",
+          "| perturbation | report top-1 / top-5 (VGG16 transfer) | ours top-1 | top-5 | "
+          "log-loss |", "|---|---|---|---|---|"]
+    rep = {"clean": "21.73% / 49.00%", "rot45 shift0.1/0.1": "21.73% / 49.00%",
+           "rot45 shift0.1/0.1 flips": "21.73% / 49.00%",
+           "rot180 shift0.3/0.4 flips": "21.73% / 49.00%"}
+    for row in r2["robustness"]:
+        L.append(f"| {row['perturbation']} | {rep.get(row['perturbation'], '')} | "
+                 f"{_pct(row['accuracy'])} | {_pct(row['top5_accuracy'])} | "
+                 f"{_num(row['log_loss'])} |")
+    L += ["", "The report's four identical figures suggest its perturbed test generator "
+          "was never applied; a CNN trained from scratch loses accuracy under these "
+          "perturbations, as ours does.", ""]
+    return L
+
+
+def _section_003(results: dict) -> list[str]:
+    """Report 003 (CIFAR-100 at 224 -> CIFAR-10): from scratch, frozen and fine-tuned."""
+    L: list[str] = []
+    runs = results["003"]["runs"]
+    L += ["## 003: CIFAR-100 at 224 -> CIFAR-10 (JPEG copy) subset", "",
+          f"Data: {_data_line(runs[0])}; the pretrained rows at 96x96. Report (K80, "
+          "CIFAR-100): MobileNetV2 from scratch 50.49% (360 s/epoch), InceptionV3 "
+          "ImageNet frozen then fine-tuned 49.54% (217 s/epoch), benchmark CNN 15.3% "
+          "(40 s/epoch). Our MobileNetV2 uses BatchNorm momentum 0.9: with Keras' 0.999 "
+          "its moving statistics had not converged after 840 steps and validation stayed at "
+          "chance (10.0%) while training accuracy reached 35%. Our pretrained stand-in is "
+          "EfficientNet-Lite0 (the report's "
+          "InceptionV3 ImageNet file is not here); fine-tuning: all layers, lr / 10, "
+          "2 epochs.", ""]
+    L += _run_table(runs, {"benchmark_cnn": "15.3%, 40 s/epoch",
+                           "mobilenet_v2 (scratch)": "50.49%, 360 s/epoch",
+                           "efficientnet_lite0 (frozen)": "InceptionV3 frozen",
+                           "efficientnet_lite0 (fine-tuned)": "49.54%, 217 s/epoch"})
+    L.append("")
+    return L
+
+
+def _section_004(results: dict) -> list[str]:
+    """Report 004 (beauty products -> CIFAR-10): class grouping and staged fine-tuning."""
+    L: list[str] = []
+    r4 = results["004"]
+    g = r4["grouping"]
+    L += ["## 004: 73 beauty-product classes -> CIFAR-10 (JPEG copy) subset", "",
+          f"Class grouping (report: 73 -> 42 groups chosen by hand from the validation "
+          f"confusion matrix, test 37.33% -> 50.03%) on the suite's most-confused run, "
+          f"{g['tag']} (the largest confusion between two classes in both directions): "
+          f"groups found "
+          f"automatically on its validation predictions (`bench group`), scored on its "
+          f"test predictions.", "",
+          "| | classes | groups | accuracy |", "|---|---|---|---|",
+          "| report 004 (InceptionV3, their data) | 73 | 42 | 37.33% -> 50.03% |",
+          f"| ours: class level | {g['n_classes']} | | {_pct(g['accuracy'])} |",
+          f"| ours: grouped | | {g['n_groups']} | {_pct(g['grouped_accuracy'])} |",
+          f"| ours: random groupings of the same sizes | | {g['n_groups']} | "
+          f"{_pct(g['random_grouping_accuracy'])} |", "", "Groups: " + "; ".join(
+              ", ".join(m) for m in g["groups"].values() if len(m) > 1) + ".", "",
+          "Frozen, then fine-tuning the last k stages (report: InceptionV3, RMSprop 2e-4, "
+          "last k = 1..9 inception blocks; 37.33% test at its best). Ours: "
+          "EfficientNet-Lite0 at 96x96 after 003's frozen stage, Adam lr 1e-4, 2 epochs.",
+          ""]
+    L += _run_table([r4["frozen"], *r4["runs"], r4["all"]])
+    L.append("")
+    return L
+
+
+_SECTIONS = {"000": _section_000, "001": _section_001, "002": _section_002,
+             "003": _section_003, "004": _section_004}  # in the page's order
+
