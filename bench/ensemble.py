@@ -13,20 +13,12 @@ from runtime import io as bio
 
 def feature_files(spec: str | list[str]) -> list[Path]:
     """Feature files from a directory (every ``*.h5`` under it) or comma-separated paths."""
+    from runtime.paths import expand_paths
+
     items = spec if isinstance(spec, list) else [s for s in spec.split(",") if s]
-    files: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(p.rglob("*.h5"))
-            if not found:
-                raise ValueError(f"{p}: no .h5 feature files in this directory")
-            files += found
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"{p}: no such feature file or directory")
-    return files
+    return expand_paths(items, lambda p: sorted(p.rglob("*.h5")),
+                        empty="{path}: no .h5 feature files in this directory",
+                        missing="{path}: no such feature file or directory")
 
 
 def run_ensemble(files: list[Path], out_dir: str | Path, *, cv: int = 5, seed: int = 0,

@@ -376,22 +376,16 @@ def load_predictor(path) -> Predictor:
 
 def collect_images(inputs) -> list[Path]:
     """Files named, and image files below folders named (sorted), in order."""
+    from runtime.paths import expand_paths
+
     from .data.sources import is_ignored, is_image_name
 
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and is_image_name(f.name)
-                           and not is_ignored(str(f.relative_to(p))))
-            if not found:
-                raise ValueError(f"IMAGES {p}: no image files in this folder")
-            files += found
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"IMAGES {p}: no such file or folder")
-    return files
+    def images_below(p: Path) -> list[Path]:
+        return sorted(f for f in p.rglob("*") if f.is_file() and is_image_name(f.name)
+                      and not is_ignored(str(f.relative_to(p))))
+
+    return expand_paths(inputs, images_below, empty="IMAGES {path}: no image files in this "
+                        "folder", missing="IMAGES {path}: no such file or folder")
 
 
 def resolve(from_, model: str | None) -> Path:

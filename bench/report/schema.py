@@ -34,17 +34,31 @@ def _missing(v) -> bool:
     return v is None or (isinstance(v, float) and not math.isfinite(v))
 
 
-def pct(v, grouped: bool = False) -> str:
-    """A fraction as a percentage, 2 decimals: 0.6817 -> ``68.17%``."""
-    return "" if _missing(v) else f"{100 * v:.2f}%"
+def _scaled(spec: str, *, times: float | None = None, over: float | None = None,
+            suffix: str = "", doc: str = "") -> Callable:
+    """A formatter: ``times * v`` then ``/ over`` (each when given), printed with ``spec``
+    and ``suffix``; "" for a missing value."""
+    def formatter(v, grouped: bool = False) -> str:
+        if _missing(v):
+            return ""
+        if times is not None:
+            v = times * v
+        if over is not None:
+            v = v / over
+        return f"{v:{spec}}{suffix}"
+    formatter.__doc__ = doc or None
+    return formatter
 
 
-def pct1(v, grouped: bool = False) -> str:
-    return "" if _missing(v) else f"{100 * v:.1f}%"
-
-
-def fixed4(v, grouped: bool = False) -> str:
-    return "" if _missing(v) else f"{v:.4f}"
+pct = _scaled(".2f", times=100, suffix="%",
+              doc="A fraction as a percentage, 2 decimals: 0.6817 -> ``68.17%``.")
+pct1 = _scaled(".1f", times=100, suffix="%", doc="A percentage, 1 decimal: ``68.2%``.")
+fixed4 = _scaled(".4f", doc="4 decimals: ``0.6817``.")
+megabytes = _scaled(".2f", over=1e6, doc="Bytes as MB, 2 decimals: ``1.14``.")
+millions = _scaled(".2f", over=1e6, suffix="M", doc="Millions, 2 decimals: ``1.14M``.")
+thousands = _scaled(".0f", over=1e3, suffix="k", doc="Thousands: ``11k``.")
+sig3 = _scaled(".3g", doc="3 significant digits.")
+sig4 = _scaled(".4g", doc="4 significant digits.")
 
 
 def number(v, grouped: bool = False) -> str:
@@ -56,31 +70,11 @@ def number(v, grouped: bool = False) -> str:
     return str(v)
 
 
-def megabytes(v, grouped: bool = False) -> str:
-    return "" if _missing(v) else f"{v / 1e6:.2f}"
-
-
 def params(v, grouped: bool = False) -> str:
     """A parameter count: ``1.14M`` from 100k up, else ``11,194``."""
     if _missing(v):
         return ""
     return f"{v / 1e6:.2f}M" if v >= 1e5 else f"{v:,}"
-
-
-def millions(v, grouped: bool = False) -> str:
-    return "" if _missing(v) else f"{v / 1e6:.2f}M"
-
-
-def thousands(v, grouped: bool = False) -> str:
-    return "" if _missing(v) else f"{v / 1e3:.0f}k"
-
-
-def sig3(v, grouped: bool = False) -> str:
-    return "" if _missing(v) else f"{v:.3g}"
-
-
-def sig4(v, grouped: bool = False) -> str:
-    return "" if _missing(v) else f"{v:.4g}"
 
 
 def text(v, grouped: bool = False) -> str:
@@ -176,48 +170,65 @@ class Column:
     better: str | None = None
 
 
-COLUMNS: dict[str, Column] = {c.key: c for c in (
-    Column("run_id", "run id", text),
-    Column("tag", "run", text),
-    Column("model", "model", text),
-    Column("dataset", "data", text),
-    Column("precision", "prec", text),
-    Column("normalize", "normalize", text),
-    Column("status", "status", text),
-    Column("epochs", "epochs", text),
-    Column("accuracy", "acc", pct, "higher"),
-    Column("top5_accuracy", "top-5", pct, "higher"),
-    Column("log_loss", "log-loss", fixed4, "lower"),
-    Column("epoch_s", "s/epoch", number),
-    Column("train_img_per_s", "train img/s", number, "higher"),
-    Column("epoch_img_per_s", "epoch img/s", number),
-    Column("infer_img_per_s", "infer img/s", number, "higher"),
-    Column("params_total", "params", params),
-    Column("params_trainable", "trainable", params),
-    Column("weights_bytes", "size MB", megabytes),
-    Column("compile_s", "compile s", number),
-    Column("wall_s", "wall s", number),
-    Column("device", "device", text),
-    Column("reported", "report (their data)", text),
-    # ensemble rows
-    Column("ece", "ECE", fixed4),
-    Column("log_loss_vs_best", "vs best [95% CI]", interval),
-    Column("best", "best", best_mark),
-    # bench speed rows (speed.json)
-    Column("framework", "framework", text),
-    Column("image_size", "size", text),
-    Column("batch", "batch", text),
-    Column("train_step_ms", "train ms", number),
-    Column("infer_step_ms", "infer ms", number),
-    Column("params", "params", params),
-    Column("infer_gflops_per_img", "GFLOPs/img", sig3),
-    Column("train_mfu", "train MFU", pct1),
-    Column("infer_mfu", "infer MFU", pct1),
-    Column("train_compile_s", "compile s", number),
-    Column("note", "note", text),
-    # pytest-benchmark rows (--benchmark-json)
-    Column("median_s", "median s", sig4, "lower"),
-)}
+# Every column: key | header | formatter | better (the direction `bench compare` reads).
+_COLUMN_TABLE = """
+run_id                | run id               | text
+tag                   | run                  | text
+model                 | model                | text
+dataset               | data                 | text
+precision             | prec                 | text
+normalize             | normalize            | text
+status                | status               | text
+epochs                | epochs               | text
+accuracy              | acc                  | pct       | higher
+top5_accuracy         | top-5                | pct       | higher
+log_loss              | log-loss             | fixed4    | lower
+epoch_s               | s/epoch              | number
+train_img_per_s       | train img/s          | number    | higher
+epoch_img_per_s       | epoch img/s          | number
+infer_img_per_s       | infer img/s          | number    | higher
+params_total          | params               | params
+params_trainable      | trainable            | params
+weights_bytes         | size MB              | megabytes
+compile_s             | compile s            | number
+wall_s                | wall s               | number
+device                | device               | text
+reported              | report (their data)  | text
+# ensemble rows
+ece                   | ECE                  | fixed4
+log_loss_vs_best      | vs best [95% CI]     | interval
+best                  | best                 | best_mark
+# bench speed rows (speed.json)
+framework             | framework            | text
+image_size            | size                 | text
+batch                 | batch                | text
+train_step_ms         | train ms             | number
+infer_step_ms         | infer ms             | number
+params                | params               | params
+infer_gflops_per_img  | GFLOPs/img           | sig3
+train_mfu             | train MFU            | pct1
+infer_mfu             | infer MFU            | pct1
+train_compile_s       | compile s            | number
+note                  | note                 | text
+# pytest-benchmark rows (--benchmark-json)
+median_s              | median s             | sig4      | lower
+"""
+_FORMATTERS = {"text": text, "pct": pct, "pct1": pct1, "fixed4": fixed4, "number": number,
+               "params": params, "megabytes": megabytes, "sig3": sig3, "sig4": sig4,
+               "interval": interval, "best_mark": best_mark}
+
+
+def _parse_columns(table: str) -> dict[str, Column]:
+    """``_COLUMN_TABLE`` as ``{key: Column}``, in table order (``#`` lines are comments)."""
+    out = {}
+    for line in table.strip().splitlines():
+        if not line.startswith("#"):
+            key, header, formatter, *better = (c.strip() for c in line.split("|"))
+            out[key] = Column(key, header, _FORMATTERS[formatter], better[0] if better else None)
+    return out
+
+
+COLUMNS: dict[str, Column] = _parse_columns(_COLUMN_TABLE)
 
 
 def column(key: str, header: str | None = None, formatter: Callable | None = None) -> Column:
@@ -228,7 +239,7 @@ def column(key: str, header: str | None = None, formatter: Callable | None = Non
 
 
 def columns(*specs) -> tuple[Column, ...]:
-    """A table: each spec a key or ``(key, header)``."""
+    """A table: each spec a key, ``(key, header)`` or ``(key, header, formatter)``."""
     return tuple(column(s) if isinstance(s, str) else column(*s) for s in specs)
 
 
@@ -253,9 +264,7 @@ SPEED_HTML = columns(
 # The seeds suite's per-section run tables (summary.md).
 SEEDS_RUNS = columns(
     "tag", "reported", ("accuracy", "ours: test acc"), "top5_accuracy", "log_loss", "epochs",
-    "epoch_s", "train_img_per_s", ("params_total", "params"), "weights_bytes")
-SEEDS_RUNS = tuple(dataclasses.replace(c, formatter=millions) if c.key == "params_total"
-                   else c for c in SEEDS_RUNS)
+    "epoch_s", "train_img_per_s", ("params_total", "params", millions), "weights_bytes")
 ENSEMBLE_MD = columns(
     ("tag", "method"), ("accuracy", "accuracy"), "top5_accuracy", "log_loss",
     "log_loss_vs_best", "ece", ("infer_img_per_s", "img/s"), "best")
