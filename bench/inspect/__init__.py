@@ -114,12 +114,13 @@ def inspect_dataset(
     ``spec``, ``image_size``, ``cache_dir``, ``seed``, ``val_fraction``, ``test_fraction`` and
     ``data_dir`` are :func:`bench.data.load_dataset`'s (the same cache entry as a training run
     at that size). ``near_threshold``: largest pHash Hamming distance of a near duplicate.
-    ``iqr_k``: the IQR fence factor for colour statistics (and the automatic low-resolution
-    ``min_side``: flag originals whose shorter side is below it (default: the IQR lower
-    fence of log2 of the shorter side with ``low_res_k``, Tukey's "far out" 3 by default:
-    with 1.5, 122 of the 2,002 Kaggle photos, ordinary ones down to 177 px, were flagged). ``exclude``: which kinds of finding go into the
-    exclusion list (see :data:`KINDS`). ``sheet_max``: images (or pairs) on the contact sheet
-    (0: none); ``sheet_kinds`` / ``sheet_cross_split_only`` select what it shows.
+    ``iqr_k``: the IQR fence factor for colour statistics. ``near_min_corr``: least
+    correlation of the two grey images (-1: hash only). ``min_side``: flag originals whose shorter side is below it (default: the IQR lower
+    fence of log2 of the shorter side at ``low_res_k``, Tukey's "far out" 3 by default:
+    with 1.5, 122 of the 2,002 Kaggle photos, ordinary ones down to 177 px, were flagged).
+    ``exclude``: which kinds of finding go into the exclusion list (see :data:`KINDS`).
+    ``sheet_max``: images (or pairs) on the contact sheet (0: none); ``sheet_kinds`` /
+    ``sheet_cross_split_only`` select what it shows.
     """
     from runtime import io as bio
 
@@ -191,8 +192,8 @@ def cmd_inspect(args) -> int:
     result = inspect_dataset(
         args.dataset, out, image_size=args.image_size, cache_dir=args.cache_dir,
         seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-        near_threshold=args.near_threshold, near_min_corr=args.near_min_corr, iqr_k=args.iqr_k, min_side=args.min_side,
-        low_res_k=args.low_res_k,
+        near_threshold=args.near_threshold, near_min_corr=args.near_min_corr,
+        iqr_k=args.iqr_k, min_side=args.min_side, low_res_k=args.low_res_k,
         exclude=args.exclude, sheet_max=args.sheet_max, sheet_kinds=args.sheet_kinds,
         sheet_cross_split_only=args.sheet_cross_split, progress=not args.quiet,
         data_dir=args.data_dir)
