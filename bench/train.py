@@ -53,7 +53,8 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
                                val_fraction=cfg.data.val_fraction,
                                test_fraction=cfg.data.test_fraction, progress=not quiet,
                                max_per_class=cfg.data.max_per_class, download=download,
-                               exclude=cfg.data.exclude)
+                               exclude=cfg.data.exclude, labels=cfg.data.labels,
+                               id_column=cfg.data.id_column, label_column=cfg.data.label_column)
     mesh = engine.Mesh.create(cfg.devices)
     run_id = cfg.run_id(dataset.name, mesh.n)
     writer = jax.process_index() == 0  # one process writes files in multi-host runs
@@ -121,6 +122,10 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
         bio.write_json(run_dir / "config.json", to_dict(cfg))
         if norm is not None:
             normalize.save(run_dir / "normalize.npz", norm)
+    from . import tblog  # TensorBoard events and the --profile trace, in the run folder
+
+    tb, trace = tblog.open_run(run_dir, to_dict(cfg), enabled=writer), tblog.StepTrace(
+        run_dir, cfg.profile if writer else 0)
 
     # Resume.
     ckpt, best_ckpt = run_dir / "last.npz", run_dir / "best.npz"
@@ -194,6 +199,7 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
             e0 = time.perf_counter() - partial.get("epoch_s", 0.0)
             last_ckpt = time.perf_counter()
             for i in range(start, steps_per_epoch):
+                trace.at(epoch * steps_per_epoch + i)
                 key = jax.random.fold_in(base_key, epoch * steps_per_epoch + i)
                 if stream is None:
                     idx = engine.to_global(perm[i * batch:(i + 1) * batch].astype(np.int32),
@@ -251,6 +257,8 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
                 else:
                     meta["wait"] += 1
             meta["history"].append(row)
+            tb.log_epoch(row, img_per_s=meta["epoch_img_per_s"][-1],
+                         step_times=meta["step_times"][-(steps_per_epoch - start):])
             meta.update(epoch=epoch + 1, step=0, partial=None)
             meta["wall_s"] = time.perf_counter() - wall0
             if writer:
@@ -260,6 +268,7 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
                 prog.log(f"early stop: val loss has not improved for {cfg.optim.patience} epochs")
                 break
 
+        trace.close()
         # Evaluate the best-validation weights (Keras' restore_best_weights).
         scored_best = False
         if best_ckpt.exists():
@@ -335,6 +344,9 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
 
         write_confusion(run_dir, record)
         write_history(run_dir, record)
+    tb.log_final({"test/accuracy": test["accuracy"], "test/log_loss": test["log_loss"]},
+                 meta["epoch"])
+    tb.close()
     return record
 
 
