@@ -77,6 +77,9 @@ def _predict_parser(sub) -> None:
     p.add_argument("--out", required=True, help="predictions file (.csv)")
     p.add_argument("--format", default="csv", help="'csv' (file, predicted class, class "
                    "probabilities) or 'kaggle' (id,label: the positive class's probability)")
+    p.add_argument("--template", help="a competition's sample submission (.csv): its rows, "
+                   "order and id column, filled with the predicted class or one probability "
+                   "per class column (replaces --format)")
 
 
 def _train_parser(sub) -> None:
