@@ -459,6 +459,7 @@ def inspect_dataset(
     progress: bool = True,
     workers: int | None = None,
     data_dir: str | os.PathLike | None = None,
+    labels=None, id_column: str | None = None, label_column: str | None = None,
 ) -> dict:
     """Inspect a data set; with ``out_dir``, write ``inspect.json``, ``inspect.md``,
     ``contact.png``, ``exclusions.txt`` and ``exclusions.json`` there. Returns the result
@@ -497,9 +498,10 @@ def inspect_dataset(
     t = time.perf_counter()
     ds = load_dataset(spec_str, image_size, val_fraction=val_fraction,
                       test_fraction=test_fraction, cache_dir=cache_dir, seed=seed,
-                      progress=progress, workers=workers, data_dir=data_dir)
+                      progress=progress, workers=workers, data_dir=data_dir, labels=labels,
+                      id_column=id_column, label_column=label_column)
     timing["load_s"] = time.perf_counter() - t
-    is_files = not (spec_str == "digits" or spec_str.startswith("tfds:"))
+    is_files = ds.files_readable  # image files below ds.source (not digits, tfds, parquet)
     t = time.perf_counter()
     skipped_rel = []
     for s in ds.skipped:
@@ -1106,7 +1108,8 @@ def cmd_inspect(args) -> int:
         low_res_k=args.low_res_k,
         exclude=args.exclude, sheet_max=args.sheet_max, sheet_kinds=args.sheet_kinds,
         sheet_cross_split_only=args.sheet_cross_split, progress=not args.quiet,
-        data_dir=args.data_dir)
+        data_dir=args.data_dir, labels=args.labels, id_column=args.id_column,
+        label_column=args.label_column)
     c, nd = result["counts"], result["near_duplicates"]
     print(f"{result['dataset']['name']}: {c['images']} images, {c['skipped']} unreadable; "
           f"exact duplicate groups {result['exact_duplicates']['groups']}; near-duplicate "

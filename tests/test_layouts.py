@@ -201,8 +201,9 @@ def test_bad_csv_cli_exit_2(tmp_path, capsys):
     for i, text in enumerate(("id,size\na,1\nb,2\n", "id,label\n")):
         root = write_csv_folder(tmp_path / f"c{i}", digit_images(3))
         (root / "labels.csv").write_text(text)
-        assert main(["inspect", "--dataset", str(root / "labels.csv"), "--out",
-                     str(tmp_path / "o"), "-q"]) == 2
+        spec = root if i == 0 else root / "labels.csv"   # detected, and named
+        assert main(["inspect", "--dataset", str(spec), "--out", str(tmp_path / "o"),
+                     "-q"]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "labels.csv" in err
 

@@ -371,6 +371,20 @@ def detect(keys: list[str], tables: dict[str, int], read, where: str, *, labels=
     return None
 
 
+def rejected(keys: list[str], tables: dict[str, int], read, where: str, id_column=None,
+             label_column=None) -> ValueError | None:
+    """Why a label table by name (``labels.csv``, ...) beside the images does not label them:
+    the error to give when the folder is no other layout either."""
+    for folder in dict.fromkeys(("", _wrapping(keys))):
+        for t in _root_tables(tables, folder):
+            try:
+                _size_ok(t, tables, where)
+                read_table(read(t), f"{where}/{t}", folder, id_column, label_column)
+            except ValueError as e:
+                return e
+    return None
+
+
 def _size_ok(rel: str, tables: dict[str, int], where: str) -> bool:
     if tables[rel] > MAX_TABLE_BYTES:
         raise ValueError(f"{where}/{rel}: {tables[rel]:,} bytes; expected a label table of "

@@ -227,7 +227,15 @@ def path_source(path: Path, *, labels=None, id_column: str | None = None,
     labelled = _labelled(path, keys, tables, reader, labels, id_column, label_column)
     if labelled is not None:
         return _labelled_source(path, name, listing, labelled, reader, bad)
-    layout, prefix, groups = _detect_layout(keys, path)
+    try:
+        layout, prefix, groups = _detect_layout(keys, path)
+    except ValueError:  # a labels.csv that names no label column says more than the folder
+        from .csv_labels import rejected
+
+        why = rejected(keys, tables, reader.read, str(path), id_column, label_column)
+        if why is None:
+            raise
+        raise why from None
     classes = sorted({c for items in groups.values() for _, c in items})
     warnings = _empty_class_folders(path, groups, set(classes)) if path.is_dir() else []
     classes = _class_order(classes, path, prefix, texts)
