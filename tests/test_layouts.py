@@ -296,3 +296,20 @@ def test_dogs_vs_cats_as_csv(tmp_path, assets):
     assert a.split_info["counts"] == b.split_info["counts"]
     for split in ("train", "val", "test"):
         assert np.array_equal(a.splits[split].images, b.splits[split].images)
+
+
+def test_kaggle_train_and_test_folders_and_unlabelled_metadata(tmp_path):
+    items = digit_images(4)
+    root = write_csv_folder(tmp_path / "k", items, table="train.csv", folder="train")
+    (root / "test").mkdir()
+    for k in range(3):
+        (root / "test" / f"t{k}.png").write_bytes(png(items[0][2]))
+    ds = load(root)
+    rep = ds.split_info["labels"]["train.csv"]
+    assert rep["images_elsewhere"] == 3 and rep["matched_images"] == len(items)
+    assert any("3 image(s) outside the labelled folders" in w
+               for w in ds.split_info["warnings"])
+    # A metadata.csv without a label column leaves class folders in force (as in HF).
+    folders = write_class_folders(tmp_path / "f", items)
+    (folders / "metadata.csv").write_text("file_name,width\n0/d0_000.png,8\n")
+    assert load(folders).layout == "class folders"

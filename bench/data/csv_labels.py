@@ -356,8 +356,8 @@ def detect(keys: list[str], tables: dict[str, int], read, where: str, *, labels=
         return _one_table(table, keys)
     for folder in dict.fromkeys(("", _wrapping(keys))):
         found = [t for t in _root_tables(tables, folder)
-                 if _size_ok(t, tables, where) and qualifies(read(t), t, id_column,
-                                                             label_column)]
+                 if _size_ok(t, tables, where) and _is_label_table(read(t), f"{where}/{t}",
+                                                                   id_column, label_column)]
         if len(found) > 1:
             raise ValueError(f"{where}: several label tables qualify ({', '.join(found)}); "
                              "name one with --labels FILE")
@@ -369,6 +369,26 @@ def detect(keys: list[str], tables: dict[str, int], read, where: str, *, labels=
         if split is not None:
             return split
     return None
+
+
+# A table by one of these names that names images (an id column) but has no label column is
+# an error, not a table to ignore: it was meant to label them. A metadata.csv without labels
+# leaves the folder's own layout in force (as Hugging Face's imagefolder does).
+_MEANT_AS_LABELS = ("labels.csv", "train.csv", "train_labels.csv")
+
+
+def _is_label_table(data: bytes, where: str, id_column, label_column) -> bool:
+    """Whether a table found by name labels the images; ValueError where it was meant to
+    and cannot."""
+    if qualifies(data, where, id_column, label_column):
+        return True
+    name = where.replace("\\", "/").rsplit("/", 1)[-1].lower()
+    header = _header(data, where)
+    has_id = header and (id_column in header if id_column else any(
+        h.strip().lower() in ID_COLUMNS for h in header))
+    if name in _MEANT_AS_LABELS and has_id:
+        read_table(data, where, "", id_column, label_column)  # raises: no label column
+    return False
 
 
 def rejected(keys: list[str], tables: dict[str, int], read, where: str, id_column=None,
