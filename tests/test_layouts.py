@@ -313,3 +313,29 @@ def test_kaggle_train_and_test_folders_and_unlabelled_metadata(tmp_path):
     folders = write_class_folders(tmp_path / "f", items)
     (folders / "metadata.csv").write_text("file_name,width\n0/d0_000.png,8\n")
     assert load(folders).layout == "class folders"
+
+
+def test_jsonl_metadata_hub_conversion_layout_and_single_save_to_disk(tmp_path):
+    import pyarrow.parquet as pq
+
+    items = digit_images(4)
+    root = write_imagefolder(tmp_path / "j", items)
+    for split in ("train", "test"):
+        rows = (root / split / "metadata.csv").read_text().splitlines()[1:]
+        (root / split / "metadata.csv").unlink()
+        (root / split / "metadata.jsonl").write_text("".join(
+            json.dumps({"file_name": r.split(",")[0], "label": r.split(",")[1]}) + "\n"
+            for r in rows))
+    assert load(root).layout.startswith("Hugging Face imagefolder (test/metadata.jsonl")
+    # The hub's parquet conversion: <config>/<split>/0000.parquet
+    conv = tmp_path / "conv" / "default"
+    for split, part in (("train", items[1::2]), ("validation", items[::2])):
+        (conv / split).mkdir(parents=True)
+        pq.write_table(_hf_table(part, HF_NAMES), conv / split / "0000.parquet")
+    ds = load(tmp_path / "conv")
+    assert ds.split_info["sizes"]["test"] == len(items[::2])  # validation is the test split
+    # save_to_disk of one Dataset (no dataset_dict.json)
+    one = write_save_to_disk(tmp_path / "sd", items) / "train"
+    ds = load(one)
+    assert ds.layout.startswith("Hugging Face save_to_disk (1 arrow file(s)")
+    assert sum(ds.split_info["sizes"].values()) == len([k for k in range(len(items)) if k % 4])
