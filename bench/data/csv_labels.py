@@ -69,7 +69,7 @@ def qualifies(data: bytes, where: str, id_column=None, label_column=None) -> boo
         header = _header(data, where)
         _columns(header, where, id_column, label_column)
         return True
-    except ValueError:
+    except (ValueError, csv.Error):
         return False
 
 
@@ -112,6 +112,15 @@ def _dialect(line: str):
 def read_table(data: bytes, where: str, folder: str, id_column=None,
                label_column=None) -> LabelTable:
     """Parse a CSV (or JSON-lines) label table; ValueError for what no run can use."""
+    try:
+        return _read_table(data, where, folder, id_column, label_column)
+    except csv.Error as e:  # a malformed line, or a field over csv's size limit
+        raise ValueError(f"{where}: not a readable CSV ({e}); expected a header with an id "
+                         "and a label column, then one row per image") from None
+
+
+def _read_table(data: bytes, where: str, folder: str, id_column, label_column) -> LabelTable:
+    """read_table's work, csv.Error left to it."""
     text = _text(data, where)
     if _is_jsonl(where):
         header, records = _jsonl_records(text, where)
@@ -383,7 +392,10 @@ def _is_label_table(data: bytes, where: str, id_column, label_column) -> bool:
     if qualifies(data, where, id_column, label_column):
         return True
     name = where.replace("\\", "/").rsplit("/", 1)[-1].lower()
-    header = _header(data, where)
+    try:
+        header = _header(data, where)
+    except csv.Error:
+        header = []
     has_id = header and (id_column in header if id_column else any(
         h.strip().lower() in ID_COLUMNS for h in header))
     if name in _MEANT_AS_LABELS and has_id:

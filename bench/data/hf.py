@@ -29,6 +29,7 @@ LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "breed", "spe
                  "fine_label")
 MAX_ROW_GROUP_BYTES = 1 << 30    # a row group is read whole: checked from the footer first
 MAX_JSON_BYTES = 16 << 20
+MAX_ROWS = 50_000_000           # per shard, from the footer, before its labels are read
 _SHARD = re.compile(r"^(?P<split>[A-Za-z0-9_.]+?)-\d{5}-of-\d{5}\.parquet$")
 
 
@@ -231,6 +232,9 @@ def _parquet_source(root: Path, shards: list[str], label_column):
             pf = pq.ParquetFile(path)
         except Exception as e:  # not a parquet file: say which
             raise ValueError(f"{path}: not a readable parquet file ({e})") from None
+        if pf.metadata.num_rows > MAX_ROWS:
+            raise ValueError(f"{path}: {pf.metadata.num_rows:,} rows; expected at most "
+                             f"{MAX_ROWS:,} per shard")
         schema = pf.schema_arrow
         img, lab, nm = _columns(schema, _hf_features(schema.metadata), str(path), label_column)
         if image is None:
