@@ -434,7 +434,7 @@ def _one_table(table: LabelTable, keys: list[str]) -> Labelled:
 
 def _imagefolder(keys, tables, read, where, folder, id_column, label_column):
     """Hugging Face ``imagefolder``: a metadata.csv/.jsonl in each split folder."""
-    from .sources import SPLIT_FOLDERS
+    from .base import SPLIT_FOLDERS
 
     pre = f"{folder}/" if folder else ""
     per_split: dict[str, str] = {}

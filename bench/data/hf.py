@@ -101,7 +101,7 @@ def _columns(schema, features: dict, where: str, label_column: str | None):
 
 def _labels_to_groups(per_split: dict[str, list], where: str, names, warnings: list):
     """``{split: [(key, raw label)]}`` -> (classes, {group: (keys, int labels)})."""
-    from .sources import SPLIT_FOLDERS
+    from .base import SPLIT_FOLDERS
 
     roles: dict[str, list] = {}
     for split, items in per_split.items():
@@ -217,7 +217,7 @@ class _ParquetReader:
 def _parquet_source(root: Path, shards: list[str], label_column):
     import pyarrow.parquet as pq
 
-    from .sources import Source, display_name
+    from .base import Source, display_name
 
     per_split: dict[str, list] = {}
     dirs: dict[str, set] = {}
@@ -319,7 +319,7 @@ def _arrow_split_dirs(root: Path) -> dict[str, str]:
 
 
 def _arrow_source(root: Path, label_column):
-    from .sources import Source, display_name
+    from .base import Source, display_name
 
     per_split, tables = {}, {}
     image = label = names = None
