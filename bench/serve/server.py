@@ -14,6 +14,11 @@ MAX_CONNECTIONS = 128      # uvicorn answers 503 beyond this many open connectio
 TOKEN_ENV = "BENCH_SERVE_TOKEN"
 
 
+def resolve_token(flag: str | None) -> str | None:
+    """``--token``, else ``$BENCH_SERVE_TOKEN``, else None (no authentication)."""
+    return flag or os.environ.get(TOKEN_ENV) or None
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -81,7 +86,7 @@ def cmd_serve(args) -> int:
     from ..predict import load_predictor, resolve
     from .app import check_limits, create_app
 
-    token = args.token or os.environ.get(TOKEN_ENV) or None
+    token = resolve_token(args.token)
     check_limits(args.max_batch, args.max_wait_ms, args.max_upload_mb, args.max_files,
                  args.max_queue)
     sock = bind(args.host, args.port)   # flags and the address fail before the model loads
