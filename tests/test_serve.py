@@ -154,6 +154,9 @@ def _hostile(files):
                               ("broken multipart",)),
         "multipart without boundary": (dict(content=part, headers={
             "Content-Type": "multipart/form-data"}), 400, ("broken multipart", "boundary")),
+        "endless part header": (dict(content=b"--xyz\r\nX-Pad: " + b"a" * 20000,
+                                     headers={"Content-Type": mp}), 400,
+                                ("broken multipart", "header")),
         "no part named file": (dict(files=[("image", ("a.png", png, "image/png"))]), 400,
                                ("no part named 'file'",)),
         "too many files": (dict(files=_multipart(*[(f"{i}.png", png) for i in range(4)])), 413,

@@ -15,6 +15,7 @@ from python_multipart.multipart import parse_options_header
 
 FIELD = b"file"            # the multipart part name that carries an image
 NAME_CHARS = 200           # longest file name echoed back
+HEADER_BYTES = 16384       # longest part header line kept
 
 # The parser logs each parse error before raising it; the client is told why, so our
 # parsers log nowhere (their own logger, not the library's, is silenced).
@@ -80,9 +81,16 @@ class _Parts:
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._name += data[start:end]
+        self._check_header()
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
         self._value += data[start:end]
+        self._check_header()
+
+    def _check_header(self) -> None:
+        if len(self._name) + len(self._value) > HEADER_BYTES:
+            raise UploadError(400, f"broken multipart: a part header over {HEADER_BYTES:,} "
+                              f"bytes")
 
     def on_header_end(self) -> None:
         self._headers[self._name.lower()] = self._value

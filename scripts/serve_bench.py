@@ -1,0 +1,233 @@
+"""``bench serve`` throughput and latency beside in-process ``predict_proba``, in one run.
+
+Starts ``bench serve`` as its own process on a free loopback port, then, interleaved over
+``--rounds``: in-process ``Predictor.predict_proba`` on the same files (decoding included, as
+the server decodes too; and on arrays already decoded), and 1, 4, 16 concurrent clients each
+sending one image per request (multipart, keep-alive connections). Reports img/s and p50/p99
+latency, medians over rounds; warm-up excluded; the server's compile time apart.
+
+    python scripts/serve_bench.py --from OUT --images FOLDER --out results/examples/serve-cpu.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+BOUNDARY = "benchservebench"
+
+
+def _args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--from", dest="from_", required=True, help="zoo OUT or exported folder")
+    p.add_argument("--model", help="leaderboard row (default best)")
+    p.add_argument("--images", required=True, help="folder or files to send")
+    p.add_argument("--max-images", type=int, default=64, help="distinct files used")
+    p.add_argument("--clients", default="1,4,16")
+    p.add_argument("--requests", type=int, default=192, help="timed requests per level")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--out", help="markdown file to write (default: print only)")
+    return p.parse_args(argv)
+
+
+def _body(path: Path) -> bytes:
+    """One multipart request body holding ``path`` as part ``file``, as curl -F sends it."""
+    head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"{path.name}\"\r\nContent-Type: image/jpeg\r\n\r\n").encode()
+    return head + path.read_bytes() + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def start_server(args) -> tuple[subprocess.Popen, str, float]:
+    """``bench serve --port 0`` in its own process -> (process, base URL, seconds to ready)."""
+    cmd = [sys.executable, "-m", "bench.cli", "serve", "--from", args.from_, "--port", "0",
+           "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
+    if args.model:
+        cmd += ["--model", args.model]
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+    for line in proc.stdout:
+        print("  server:", line.rstrip(), flush=True)
+        m = re.search(r"ready at (http://\S+?)/? ", line)
+        if m:
+            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+            return proc, m.group(1), time.perf_counter() - t0
+    raise SystemExit(f"server ended before it was ready (exit {proc.wait()})")
+
+
+class Client:
+    """One keep-alive connection sending one image per request."""
+
+    def __init__(self, base: str):
+        host, port = base.split("//")[1].split(":")
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        self.headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+
+    def post(self, body: bytes) -> tuple[float, str]:
+        t0 = time.perf_counter()
+        self.conn.request("POST", "/predict", body=body, headers=self.headers)
+        r = self.conn.getresponse()
+        data = r.read()
+        dt = time.perf_counter() - t0
+        if r.status != 200:
+            raise RuntimeError(f"HTTP {r.status}: {data[:200]!r}")
+        return dt, json.loads(data)["predictions"][0]["class"]
+
+
+def load(base: str, bodies: list[bytes], clients: int, n: int) -> dict:
+    """``n`` requests from ``clients`` concurrent clients -> img/s, latencies, classes."""
+    conns = [Client(base) for _ in range(clients)]
+    for c in conns:                                  # warm-up: connect, one request each
+        c.post(bodies[0])
+    lat: list = [None] * n
+    classes: list = [None] * n
+    counter = iter(range(n))
+    lock = threading.Lock()
+
+    def worker(c: Client):
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            lat[i], classes[i] = c.post(bodies[i % len(bodies)])
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(worker, conns))
+    wall = time.perf_counter() - t0
+    for c in conns:
+        c.conn.close()
+    ms = np.array(lat) * 1000
+    return {"img_s": n / wall, "p50": float(np.percentile(ms, 50)),
+            "p99": float(np.percentile(ms, 99)), "classes": classes}
+
+
+def in_process(pred, files: list[Path], decoded: dict) -> dict:
+    """img/s of ``predict_proba`` on the files (decoding included) and on decoded arrays."""
+    raw = [p.read_bytes() for p in files]
+    t0 = time.perf_counter()
+    proba = pred.predict_proba(raw)
+    t1 = time.perf_counter()
+    pred.proba_decoded(decoded)
+    t2 = time.perf_counter()
+    return {"files": len(files) / (t1 - t0), "arrays": len(files) / (t2 - t1), "proba": proba}
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def _uptime() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def report(args, argv, pred, ready_s, health, rows, ref, loads) -> str:
+    """The markdown page: command, machine, load, the table and the ratio to the goal."""
+    med = lambda xs: float(np.median(xs))
+    ref_files, ref_arrays = med([r["files"] for r in ref]), med([r["arrays"] for r in ref])
+    sizes = sorted(pred.decode(np.zeros((8, 8, 3), np.uint8)))
+    lines = [
+        "# `bench serve` on CPU: micro-batched throughput beside in-process predict_proba", "",
+        f"Command: `python scripts/serve_bench.py {shlex.join(argv)}`", "",
+        f"Machine: {_machine()}; shared with other jobs: load average (1, 5, 15 min) "
+        f"{loads[0]} before, {loads[1]} after.", "",
+        f"Model: {pred.name} ({pred.meta.get('kind')}, {pred.meta.get('type')}; input "
+        f"{', '.join('x'.join(map(str, s)) for s in sizes)}). {len(rows[0][1]['classes'])} timed requests per level, {args.rounds} rounds "
+        f"interleaved (in-process, then each client count), medians over rounds; "
+        f"warm-up excluded. Server: `--max-batch {args.max_batch} --max-wait-ms "
+        f"{args.max_wait_ms:g}`, {ready_s:.1f} s from start to ready, of which "
+        f"{sum(health['compile_seconds'].values()):.1f} s compiling batch shapes "
+        f"{', '.join(health['compile_seconds'])}.", "",
+        "| | img/s | p50 latency (ms) | p99 latency (ms) | vs in-process (files) |",
+        "|---|---:|---:|---:|---:|",
+        f"| in-process `predict_proba` on the files (decoding included) | {ref_files:.1f} | "
+        f"| | 100% |",
+        f"| in-process, arrays already decoded | {ref_arrays:.1f} | | | "
+        f"{ref_arrays / ref_files:.0%} |"]
+    for clients, _ in rows[:len(args.clients)]:
+        per = [r for c, r in rows if c == clients]
+        ips = med([r["img_s"] for r in per])
+        lines.append(f"| server, {clients} client{'s' if clients > 1 else ''} (one image per "
+                     f"request) | {ips:.1f} | {med([r['p50'] for r in per]):.1f} | "
+                     f"{med([r['p99'] for r in per]):.1f} | {ips / ref_files:.0%} |")
+    batches = health.get("batches", {})
+    lines += ["", f"Batches the server ran (padded shape: count): "
+              f"{', '.join(f'{k}: {v}' for k, v in batches.items())}; largest "
+              f"{health.get('largest_batch')} images. The clients run on the same cores as "
+              f"the server.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _args(argv)
+    args.clients = [int(c) for c in args.clients.split(",")]
+    sys.path.insert(0, str(REPO))
+    from bench.predict import collect_images, load_predictor, resolve
+
+    files = collect_images([args.images])[:args.max_images]
+    bodies = [_body(p) for p in files]
+    pred = load_predictor(resolve(args.from_, args.model))
+    decoded = {s: np.stack([pred.decode(p.read_bytes())[s] for p in files])
+               for s in sorted(pred.decode(np.zeros((8, 8, 3), np.uint8)))}
+    in_process(pred, files, decoded)                 # warm-up: compiles, first touch
+    loads = [_uptime()]
+    proc, base, ready_s = start_server(args)
+    try:
+        rows, ref = [], []
+        for r in range(args.rounds):
+            ref.append(in_process(pred, files, decoded))
+            for c in args.clients:
+                res = load(base, bodies, c, args.requests)
+                rows.append((c, res))
+                print(f"round {r}: {c:2d} clients {res['img_s']:7.1f} img/s  p50 "
+                      f"{res['p50']:6.1f} ms  p99 {res['p99']:6.1f} ms  (in-process "
+                      f"{ref[-1]['files']:.1f} img/s)", flush=True)
+        expected = list(pred.classes_[np.argmax(ref[0]["proba"], axis=1)])
+        for c, res in rows:                          # the server agrees with predict_proba
+            want = [expected[i % len(files)] for i in range(len(res["classes"]))]
+            assert res["classes"] == want, f"{c} clients: classes differ from predict_proba"
+        host, port = base.split("//")[1].split(":")
+        conn = http.client.HTTPConnection(host, int(port))
+        conn.request("GET", "/health")
+        health = json.loads(conn.getresponse().read())
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    loads.append(_uptime())
+    text = report(args, argv, pred, ready_s, health, rows, ref, loads)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+        print("wrote", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
