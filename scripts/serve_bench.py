@@ -35,7 +35,7 @@ def _args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--from", dest="from_", required=True, help="zoo OUT or exported folder")
     p.add_argument("--model", help="leaderboard row (default best)")
-    p.add_argument("--images", required=True, help="folder or files to send")
+    p.add_argument("--images", required=True, nargs="+", help="folders or files to send")
     p.add_argument("--max-images", type=int, default=64, help="distinct files used")
     p.add_argument("--clients", default="1,4,16")
     p.add_argument("--requests", type=int, default=192, help="timed requests per level")
@@ -43,6 +43,7 @@ def _args(argv=None):
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--out", help="markdown file to write (default: print only)")
+    p.add_argument("--setup", help="how --from was made (a command), quoted in the report")
     return p.parse_args(argv)
 
 
@@ -120,15 +121,20 @@ def load(base: str, bodies: list[bytes], clients: int, n: int) -> dict:
             "p99": float(np.percentile(ms, 99)), "classes": classes}
 
 
-def in_process(pred, files: list[Path], decoded: dict) -> dict:
-    """img/s of ``predict_proba`` on the files (decoding included) and on decoded arrays."""
+def in_process(pred, files: list[Path], decoded: dict, batch: int) -> dict:
+    """img/s of ``predict_proba`` on the files (decoding included; the pipeline's own batch
+    size), and on decoded arrays at that batch size and at ``batch`` (the server's)."""
     raw = [p.read_bytes() for p in files]
     t0 = time.perf_counter()
     proba = pred.predict_proba(raw)
     t1 = time.perf_counter()
     pred.proba_decoded(decoded)
     t2 = time.perf_counter()
-    return {"files": len(files) / (t1 - t0), "arrays": len(files) / (t2 - t1), "proba": proba}
+    pred.proba_decoded(decoded, batch=batch)
+    t3 = time.perf_counter()
+    n = len(files)
+    return {"files": n / (t1 - t0), "arrays": n / (t2 - t1), "arrays_b": n / (t3 - t2),
+            "proba": proba}
 
 
 def _machine() -> str:
@@ -151,10 +157,13 @@ def report(args, argv, pred, ready_s, health, rows, ref, loads) -> str:
     """The markdown page: command, machine, load, the table and the ratio to the goal."""
     med = lambda xs: float(np.median(xs))
     ref_files, ref_arrays = med([r["files"] for r in ref]), med([r["arrays"] for r in ref])
+    ref_b = med([r["arrays_b"] for r in ref])
+    own = getattr(pred._pipe, "batch", None)
     sizes = sorted(pred.decode(np.zeros((8, 8, 3), np.uint8)))
     lines = [
         "# `bench serve` on CPU: micro-batched throughput beside in-process predict_proba", "",
         f"Command: `python scripts/serve_bench.py {shlex.join(argv)}`", "",
+        *([f"Predictor made with: `{args.setup}`", ""] if args.setup else []),
         f"Machine: {_machine()}; shared with other jobs: load average (1, 5, 15 min) "
         f"{loads[0]} before, {loads[1]} after.", "",
         f"Model: {pred.name} ({pred.meta.get('kind')}, {pred.meta.get('type')}; input "
@@ -164,18 +173,23 @@ def report(args, argv, pred, ready_s, health, rows, ref, loads) -> str:
         f"{args.max_wait_ms:g}`, {ready_s:.1f} s from start to ready, of which "
         f"{sum(health['compile_seconds'].values()):.1f} s compiling batch shapes "
         f"{', '.join(health['compile_seconds'])}.", "",
-        "| | img/s | p50 latency (ms) | p99 latency (ms) | vs in-process (files) |",
-        "|---|---:|---:|---:|---:|",
-        f"| in-process `predict_proba` on the files (decoding included) | {ref_files:.1f} | "
-        f"| | 100% |",
-        f"| in-process, arrays already decoded | {ref_arrays:.1f} | | | "
-        f"{ref_arrays / ref_files:.0%} |"]
+        f"| | img/s | p50 latency (ms) | p99 latency (ms) | vs in-process files | "
+        f"vs in-process arrays, batch {args.max_batch} |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| in-process `predict_proba` on the {len(ref[0]['proba'])} files "
+        f"(decoding included; batch {own or 'of the pipeline'}) | {ref_files:.1f} | | | 100% | "
+        f"{ref_files / ref_b:.0%} |",
+        f"| in-process, arrays already decoded (batch {own or 'of the pipeline'}) | "
+        f"{ref_arrays:.1f} | | | {ref_arrays / ref_files:.0%} | {ref_arrays / ref_b:.0%} |",
+        f"| in-process, arrays already decoded (batch {args.max_batch}, the server's "
+        f"largest) | {ref_b:.1f} | | | {ref_b / ref_files:.0%} | 100% |"]
     for clients, _ in rows[:len(args.clients)]:
         per = [r for c, r in rows if c == clients]
         ips = med([r["img_s"] for r in per])
         lines.append(f"| server, {clients} client{'s' if clients > 1 else ''} (one image per "
                      f"request) | {ips:.1f} | {med([r['p50'] for r in per]):.1f} | "
-                     f"{med([r['p99'] for r in per]):.1f} | {ips / ref_files:.0%} |")
+                     f"{med([r['p99'] for r in per]):.1f} | {ips / ref_files:.0%} | "
+                     f"{ips / ref_b:.0%} |")
     batches = health.get("batches", {})
     lines += ["", f"Batches the server ran (padded shape: count): "
               f"{', '.join(f'{k}: {v}' for k, v in batches.items())}; largest "
@@ -191,18 +205,19 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(REPO))
     from bench.predict import collect_images, load_predictor, resolve
 
-    files = collect_images([args.images])[:args.max_images]
+    per = -(-args.max_images // len(args.images))  # as many from each folder named
+    files = [f for item in args.images for f in collect_images([item])[:per]]
     bodies = [_body(p) for p in files]
     pred = load_predictor(resolve(args.from_, args.model))
     decoded = {s: np.stack([pred.decode(p.read_bytes())[s] for p in files])
                for s in sorted(pred.decode(np.zeros((8, 8, 3), np.uint8)))}
-    in_process(pred, files, decoded)                 # warm-up: compiles, first touch
+    in_process(pred, files, decoded, args.max_batch)  # warm-up: compiles, first touch
     loads = [_uptime()]
     proc, base, ready_s = start_server(args)
     try:
         rows, ref = [], []
         for r in range(args.rounds):
-            ref.append(in_process(pred, files, decoded))
+            ref.append(in_process(pred, files, decoded, args.max_batch))
             for c in args.clients:
                 res = load(base, bodies, c, args.requests)
                 rows.append((c, res))
