@@ -282,6 +282,25 @@ def test_batcher_groups_pads_and_keeps_order():
                                        "largest_batch": 4}
 
 
+@pytest.mark.parametrize("arriving", [0, 1])
+def test_a_lone_image_waits_only_while_requests_are_arriving(arriving):
+    from bench.serve.batcher import MicroBatcher
+
+    fake = FakePredictor()
+    batcher = MicroBatcher(fake, max_batch=4, max_wait_ms=400 if arriving else 5000,
+                           arriving=lambda: arriving)
+
+    async def run():
+        batcher.start()
+        t0 = time.monotonic()
+        await batcher.submit([fake.decode(b"\x07")])
+        await batcher.stop()
+        return time.monotonic() - t0
+
+    took = asyncio.run(run())
+    assert (took >= 0.39) if arriving else (took < 2.5), took
+
+
 def test_warming_up_and_a_full_queue_answer_503():
     from starlette.testclient import TestClient
 

@@ -57,7 +57,9 @@ class Service:
                  token: str | None = None, decode_threads: int | None = None):
         check_limits(max_batch, max_wait_ms, max_upload_mb, max_files, max_queue)
         self.predictor = predictor
-        self.batcher = MicroBatcher(predictor, max_batch, max_wait_ms, max_queue)
+        self.arriving = 0           # requests being read or decoded (event-loop thread only)
+        self.batcher = MicroBatcher(predictor, max_batch, max_wait_ms, max_queue,
+                                    arriving=lambda: self.arriving)
         self.input_sizes = self.batcher.sizes
         self.max_bytes = int(max_upload_mb * 2**20)
         self.max_files = max_files
@@ -160,6 +162,7 @@ async def predict(request: Request) -> Response:
     if not svc.ready:
         return error(503, "warming up: compiling the batch shapes; retry shortly", 1)
     reader = BodyReader(request, svc.max_bytes, svc.max_files, svc.budget)
+    svc.arriving += 1
     try:
         uploads = await reader.uploads()
         loop = asyncio.get_running_loop()
@@ -168,6 +171,7 @@ async def predict(request: Request) -> Response:
     except UploadError as e:
         return error(e.status, str(e), e.retry_after)
     finally:
+        svc.arriving -= 1
         reader.release()
     good = [(i, d) for i, (d, _) in enumerate(decoded) if d is not None]
     skipped = [{"index": i, "filename": uploads[i].filename, "error": why}

@@ -54,16 +54,19 @@ class MicroBatcher:
         max_batch: most images per batch (the largest compiled shape).
         max_wait_ms: how long the first image of a batch waits for others.
         max_queue: most images waiting; beyond it ``submit`` raises :class:`QueueFull`.
+        arriving: how many requests are being read or decoded now (they will submit soon);
+            a batch waits for company only while some are, so a lone client never waits.
     """
 
     def __init__(self, predictor, max_batch: int = 16, max_wait_ms: float = 5.0,
-                 max_queue: int = 256):
+                 max_queue: int = 256, arriving=lambda: 0):
         self.predictor = predictor
         self.sizes = sorted(predictor.decode(np.zeros((8, 8, 3), np.uint8)))  # input sizes
         self.shapes = batch_shapes(max_batch)
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
+        self.arriving = arriving
         self.stats = Stats()
         self.compile_seconds: dict[int, float] = {}
         self._queue: asyncio.Queue | None = None
@@ -111,7 +114,8 @@ class MicroBatcher:
         return list(await asyncio.gather(*futures))
 
     async def _gather(self) -> list[tuple[dict, asyncio.Future]]:
-        """The next batch: the first waiting image, then whatever arrives within max_wait."""
+        """The next batch: the first waiting image, then whatever is queued, then whatever
+        arrives within max_wait while requests are still on their way."""
         items = [await self._queue.get()]
         deadline = time.monotonic() + self.max_wait
         while len(items) < self.max_batch:
@@ -119,7 +123,7 @@ class MicroBatcher:
                 items.append(self._queue.get_nowait())
                 continue
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or not self.arriving():
                 break
             try:
                 items.append(await asyncio.wait_for(self._queue.get(), left))
