@@ -173,7 +173,8 @@ def report(args, argv, pred, ready_s, health, rows, ref, loads) -> str:
         f"Machine: {_machine()}; shared with other jobs: load average (1, 5, 15 min) "
         f"{loads[0]} before, {loads[1]} after.", "",
         f"Model: {pred.name} ({pred.meta.get('kind')}, {pred.meta.get('type')}; input "
-        f"{', '.join('x'.join(map(str, s)) for s in sizes)}). {len(rows[0][1]['classes'])} timed requests per level, {args.rounds} rounds "
+        f"{', '.join('x'.join(map(str, s)) for s in sizes)}). "
+        f"{len(rows[0][1]['classes'])} timed requests per level, {args.rounds} rounds "
         f"interleaved (in-process, then each client count), medians over rounds; "
         f"warm-up excluded. Server: `--max-batch {args.max_batch} --max-wait-ms "
         f"{args.max_wait_ms:g}`, {ready_s:.1f} s from start to ready, of which "

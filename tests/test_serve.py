@@ -307,7 +307,7 @@ def test_warming_up_and_a_full_queue_answer_503():
     from bench.serve import create_app
 
     gate = threading.Event()
-    app = create_app(FakePredictor(gate), max_batch=1, max_queue=1, max_wait_ms=0)
+    app = create_app(FakePredictor(gate), max_batch=1, max_queue=1, max_files=1, max_wait_ms=0)
     with TestClient(app) as c, ThreadPoolExecutor(2) as pool:
         for r in (c.get("/health"), c.post("/predict", content=b"\x05",
                                            headers={"Content-Type": "image/png"})):

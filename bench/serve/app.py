@@ -38,9 +38,9 @@ def check_limits(max_batch: int, max_wait_ms: float, max_upload_mb: float, max_f
         raise ValueError(f"--max-upload-mb {max_upload_mb}: expected a positive number")
     if max_files < 1:
         raise ValueError(f"--max-files {max_files}: expected a positive integer")
-    if max_queue < max_batch:
+    if max_queue < max(max_batch, max_files):
         raise ValueError(f"--max-queue {max_queue}: expected at least --max-batch "
-                         f"({max_batch})")
+                         f"({max_batch}) and --max-files ({max_files})")
 
 
 def error(status: int, message: str, retry_after: int | None = None, **extra) -> JSONResponse:
