@@ -331,6 +331,30 @@ def test_warming_up_and_a_full_queue_answer_503():
         assert [f.result(30).status_code for f in held] == [200, 200]
 
 
+def test_a_failed_warm_up_is_reported():
+    from starlette.testclient import TestClient
+
+    from bench.serve import create_app
+
+    class Broken(FakePredictor):
+        def proba_decoded(self, decoded, batch=None):
+            raise MemoryError("out of memory compiling batch 1\nsecond line")
+
+    app = create_app(Broken(), max_batch=2)
+    seen = []
+    app.state.service.on_failed = seen.append
+    with TestClient(app) as c:
+        deadline = time.monotonic() + 10
+        while not seen:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        r = c.get("/health")
+        assert r.status_code == 503 and r.json()["status"] == "failed"
+        assert r.json()["error"] == seen[0] == "MemoryError: out of memory compiling batch 1"
+        assert c.post("/predict", content=b"\x01",
+                      headers={"Content-Type": "image/png"}).status_code == 503
+
+
 def test_cli_refuses_bad_flags_in_one_line(zoo, tmp_path, capsys):
     from bench.cli import main
     from bench.serve.server import is_loopback, warn_exposed

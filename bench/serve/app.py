@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -67,6 +68,7 @@ class Service:
         self.token = token or None
         self.ready = False
         self.on_ready = None        # called with {batch shape: compile seconds} once warm
+        self.on_failed = None       # called with the reason if the warm-up fails
         self.warm_error: str | None = None
         self.decoder = ThreadPoolExecutor(decode_threads or min(4, os.cpu_count() or 1),
                                           thread_name_prefix="decode")
@@ -114,12 +116,14 @@ class Service:
     async def _warm_up(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            secs = await loop.run_in_executor(self.batcher._pool, self.batcher.warm_up)
+            secs = await loop.run_in_executor(self.batcher.pool, self.batcher.warm_up)
             self.ready = True
             if self.on_ready is not None:
                 self.on_ready(secs)
-        except Exception as e:  # reported by /health; the process stays up to say so
+        except Exception as e:  # reported by /health (and on_failed)
             self.warm_error = f"{type(e).__name__}: {e}".splitlines()[0]
+            if self.on_failed is not None:
+                self.on_failed(self.warm_error)
 
 
 def _unauthorized() -> JSONResponse:
@@ -129,9 +133,13 @@ def _unauthorized() -> JSONResponse:
     return r
 
 
+@functools.lru_cache(maxsize=1)
+def _page_html() -> str:
+    return resources.files(__package__).joinpath("page.html").read_text("utf-8")
+
+
 async def page(request: Request) -> Response:
-    html = resources.files(__package__).joinpath("page.html").read_text("utf-8")
-    return HTMLResponse(html, headers={"Content-Security-Policy": CSP,
+    return HTMLResponse(_page_html(), headers={"Content-Security-Policy": CSP,
                                        "X-Content-Type-Options": "nosniff"})
 
 

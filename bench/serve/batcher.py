@@ -71,7 +71,7 @@ class MicroBatcher:
         self.compile_seconds: dict[int, float] = {}
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="predict")
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="predict")  # the predictor's thread
 
     def warm_up(self) -> dict[int, float]:
         """Compile every padded shape (blocking; run it in a thread). Returns seconds each."""
@@ -95,7 +95,7 @@ class MicroBatcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        self._pool.shutdown(wait=True)
+        self.pool.shutdown(wait=True)
 
     def queued(self) -> int:
         return self._queue.qsize() if self._queue is not None else 0
@@ -146,7 +146,7 @@ class MicroBatcher:
             if not live:
                 continue
             try:
-                proba = await loop.run_in_executor(self._pool, self._run, [im for im, _ in live])
+                proba = await loop.run_in_executor(self.pool, self._run, [im for im, _ in live])
             except Exception as e:  # the predictor failed: every caller of this batch hears it
                 for _, f in live:
                     if not f.done():

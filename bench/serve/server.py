@@ -90,7 +90,11 @@ def cmd_serve(args) -> int:
     check_limits(args.max_batch, args.max_wait_ms, args.max_upload_mb, args.max_files,
                  args.max_queue)
     sock = bind(args.host, args.port)   # flags and the address fail before the model loads
-    predictor = load_predictor(resolve(args.from_, args.model))
+    try:
+        predictor = load_predictor(resolve(args.from_, args.model))
+    except BaseException:
+        sock.close()
+        raise
     app = create_app(predictor, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                      max_upload_mb=args.max_upload_mb, max_files=args.max_files,
                      max_queue=args.max_queue, token=token)
@@ -99,6 +103,14 @@ def cmd_serve(args) -> int:
     svc.on_ready = lambda secs: print(
         f"bench serve: ready at {address} ({sum(secs.values()):.1f} s to compile batch "
         f"shapes {', '.join(map(str, secs))}); Ctrl-C or SIGTERM stops it", flush=True)
+    failed: list[str] = []
+
+    def stop_on_failure(reason: str) -> None:
+        failed.append(reason)
+        print(f"bench serve: error: warm-up failed: {reason}", file=sys.stderr, flush=True)
+        server.should_exit = True
+
+    svc.on_failed = stop_on_failure
     if not is_loopback(args.host):
         warn_exposed(args.host, sock.getsockname()[1], token)
     print(f"bench serve: {predictor.name} ({predictor.meta.get('kind') or predictor.meta['type']},"
@@ -116,4 +128,4 @@ def cmd_serve(args) -> int:
         signal.signal(signal.SIGTERM, previous)
         sock.close()
     print("bench serve: stopped", flush=True)
-    return 0
+    return 1 if failed else 0
