@@ -151,6 +151,14 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+def _http() -> str:
+    import importlib.metadata as md
+    import importlib.util
+
+    parser = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    return f"uvicorn {md.version('uvicorn')} ({parser}), starlette {md.version('starlette')}"
+
+
 def _uptime() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -177,7 +185,7 @@ def report(args, argv, pred, ready_s, health, rows, ref, loads) -> str:
         f"{len(rows[0][1]['classes'])} timed requests per level, {args.rounds} rounds "
         f"interleaved (in-process, then each client count), medians over rounds; "
         f"warm-up excluded. Server: `--max-batch {args.max_batch} --max-wait-ms "
-        f"{args.max_wait_ms:g}`, {ready_s:.1f} s from start to ready, of which "
+        f"{args.max_wait_ms:g}`, {_http()}; {ready_s:.1f} s from start to ready, of which "
         f"{sum(health['compile_seconds'].values()):.1f} s compiling batch shapes "
         f"{', '.join(health['compile_seconds'])}.", "",
         f"| | img/s | img/s per round | p50 latency (ms) | p99 latency (ms) | "
