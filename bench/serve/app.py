@@ -139,11 +139,13 @@ def _page_html() -> str:
 
 
 async def page(request: Request) -> Response:
+    """``GET /``: the upload page."""
     return HTMLResponse(_page_html(), headers={"Content-Security-Policy": CSP,
-                                       "X-Content-Type-Options": "nosniff"})
+                                               "X-Content-Type-Options": "nosniff"})
 
 
 async def health(request: Request) -> Response:
+    """``GET /health``: 200 once every batch shape is compiled, 503 before (or if it failed)."""
     svc: Service = request.app.state.service
     body = {"model": svc.predictor.name, "queued": svc.batcher.queued(),
             "compile_seconds": {str(k): round(v, 3)
@@ -157,6 +159,7 @@ async def health(request: Request) -> Response:
 
 
 async def model(request: Request) -> Response:
+    """``GET /model``: name, kind, classes, input size, leaderboard metrics, limits."""
     svc: Service = request.app.state.service
     if not svc.authorized(request):
         return _unauthorized()
@@ -164,6 +167,7 @@ async def model(request: Request) -> Response:
 
 
 async def predict(request: Request) -> Response:
+    """``POST /predict``: read, decode (threads), queue for the batcher, answer in order."""
     svc: Service = request.app.state.service
     if not svc.authorized(request):
         return _unauthorized()
