@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from importlib import import_module
 from pathlib import Path
 
 DEFAULT_OUT = "results"
@@ -204,9 +205,34 @@ def _models_parser(sub) -> None:
     p.add_argument("pattern", nargs="?", default="*")
     p.add_argument("--no-params", action="store_true", help="skip parameter counting (faster)")
 
+def _serve_parser(sub) -> None:
+    """``bench serve``: a predictor behind an upload page and a JSON API, micro-batched."""
+    p = sub.add_parser("serve", help="serve a zoo leaderboard row or an exported predictor: "
+                       "upload page and JSON API (/predict, /model, /health), micro-batched")
+    p.add_argument("--from", dest="from_", required=True,
+                   help="a zoo output folder (OUT) or an exported predictor folder (OUT/best)")
+    p.add_argument("--model", help="'best' (default) or a leaderboard row's name")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
+                   "127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)")
+    p.add_argument("--port", type=int, default=8000, help="default 8000; 0: any free port")
+    p.add_argument("--max-batch", type=int, default=16, help="most images run in one batch; "
+                   "batch shapes 1, 2, 4, ... up to it are compiled at start-up (default 16)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch's first "
+                   "image waits for others to join it (default 5)")
+    p.add_argument("--max-upload-mb", type=float, default=32.0,
+                   help="largest request body, refused while it streams in (default 32)")
+    p.add_argument("--max-files", type=int, default=32, help="most images in one request "
+                   "(default 32)")
+    p.add_argument("--max-queue", type=int, default=256, help="most images waiting; beyond "
+                   "it /predict answers 503 with Retry-After (default 256)")
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /predict and "
+                   "/model (default: $BENCH_SERVE_TOKEN if set)")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+
+
 SUBCOMMANDS = (_run_parser, _predict_parser, _train_parser, _features_parser,
                _ensemble_parser, _group_parser, _speed_parser, _compare_parser,
-               _report_parser, _inspect_parser, _models_parser)
+               _report_parser, _inspect_parser, _models_parser, _serve_parser)
 """One function per subcommand, in the order ``bench --help`` lists them."""
 
 
@@ -484,7 +510,8 @@ def _inspect(args) -> int:
 COMMANDS = {"run": cmd_run, "train": cmd_train, "features": cmd_features,
             "ensemble": cmd_ensemble, "group": cmd_group, "speed": cmd_speed,
             "compare": cmd_compare, "report": cmd_report, "models": cmd_models,
-            "inspect": lambda args: _inspect(args), "predict": cmd_predict}
+            "inspect": lambda args: _inspect(args), "predict": cmd_predict,
+            "serve": lambda args: import_module("bench.serve.server").cmd_serve(args)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -176,11 +176,11 @@ class _Network:
     def sizes(self):
         return {self.size}
 
-    def proba(self, decoded: dict, cache: dict) -> np.ndarray:
+    def proba(self, decoded: dict, cache: dict, batch: int | None = None) -> np.ndarray:
         from . import engine
 
-        logp = engine.predict_log_proba(self.steps, self.state, decoded[self.size], self.batch,
-                                        self.mesh)
+        logp = engine.predict_log_proba(self.steps, self.state, decoded[self.size],
+                                        batch or self.batch, self.mesh)
         p = np.exp(logp.astype(np.float64))
         return p / p.sum(axis=1, keepdims=True)
 
@@ -248,14 +248,15 @@ class _Head:
     def sizes(self):
         return {self.size}
 
-    def proba(self, decoded: dict, cache: dict) -> np.ndarray:
+    def proba(self, decoded: dict, cache: dict, batch: int | None = None) -> np.ndarray:
         from ensembles._utils import full_logits, softmax
 
         parts = []
+        batch = batch or self.batch
         for b, path in self.backbones:
-            key = ("features", str(path), self.size, self.batch)
+            key = ("features", str(path), self.size, batch)
             if key not in cache:
-                cache[key] = _features(b, path, decoded[self.size], self.size, self.batch)
+                cache[key] = _features(b, path, decoded[self.size], self.size, batch)
             parts.append(cache[key])
         X = np.concatenate(parts, axis=1).astype(np.float32)
         return softmax(full_logits(np.asarray(X, np.float64), self.coef, self.intercept))
@@ -274,8 +275,8 @@ class _Ensemble:
     def sizes(self):
         return set().union(*(m.sizes() for m in self.members))
 
-    def proba(self, decoded: dict, cache: dict) -> np.ndarray:
-        ps = [m.proba(decoded, cache) for m in self.members]
+    def proba(self, decoded: dict, cache: dict, batch: int | None = None) -> np.ndarray:
+        ps = [m.proba(decoded, cache, batch) for m in self.members]
         if self.combiner == "stack":
             from ensembles._utils import full_logits, softmax
 
@@ -313,9 +314,19 @@ class Predictor:
     def __repr__(self) -> str:
         return f"Predictor({self.name!r}, {self.meta.get('type')}, {len(self.classes_)} classes)"
 
-    def _decode(self, sources) -> tuple[dict, list[int], list[tuple[int, str]]]:
+    def decode(self, data) -> dict:
+        """One image (encoded bytes or a uint8 array) -> ``{input size: (H, W, 3) uint8}``,
+        as ``predict`` decodes files; raises what Pillow raises for unreadable data."""
         from .data import decode_image
 
+        return {s: decode_image(data, s) for s in sorted(self._pipe.sizes())}
+
+    def proba_decoded(self, decoded: dict, batch: int | None = None) -> np.ndarray:
+        """Probabilities of images already decoded (``{size: (N, H, W, 3) uint8}``), in
+        padded batches of ``batch`` (default: each pipeline's own): one compile per shape."""
+        return self._pipe.proba(decoded, {}, batch)
+
+    def _decode(self, sources) -> tuple[dict, list[int], list[tuple[int, str]]]:
         sizes = sorted(self._pipe.sizes())
         out = {s: [] for s in sizes}
         ok, bad = [], []
@@ -324,7 +335,7 @@ class Predictor:
                 data = src
                 if isinstance(src, (str, os.PathLike)):
                     data = Path(src).read_bytes()
-                imgs = {s: decode_image(data, s) for s in sizes}
+                imgs = self.decode(data)
             except Exception as e:  # one unreadable file is that file's problem
                 bad.append((i, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
                 continue
