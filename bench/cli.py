@@ -77,6 +77,9 @@ def _predict_parser(sub) -> None:
     p.add_argument("--out", required=True, help="predictions file (.csv)")
     p.add_argument("--format", default="csv", help="'csv' (file, predicted class, class "
                    "probabilities) or 'kaggle' (id,label: the positive class's probability)")
+    p.add_argument("--template", help="a competition's sample submission (.csv): its rows, "
+                   "order and id column, filled with the predicted class or one probability "
+                   "per class column (replaces --format)")
 
 
 def _train_parser(sub) -> None:
@@ -92,7 +95,12 @@ def _features_parser(sub) -> None:
                        "(one HDF5 file per backbone)")
     p.add_argument("--backbone", required=True,
                    help="comma-separated model names, e.g. efficientnet_lite0,efficientnet_lite1")
-    p.add_argument("--dataset", default="digits")
+    p.add_argument("--dataset", default="digits", help="'digits' (bundled default), a folder or "
+                   ".zip of images (class folders, a labels CSV, Hugging Face files), a labels "
+                   ".csv, or tfds:NAME")
+    p.add_argument("--labels", help="a .csv naming each image and its label (as for train)")
+    p.add_argument("--id-column", help="--labels' id/file column (default: detected by name)")
+    p.add_argument("--label-column", help="the label column (default: detected by name)")
     p.add_argument("--weights", default="imagenet",
                    help="'imagenet' (default), a weights file, or 'none' for random init")
     p.add_argument("--weights-dir")
@@ -311,7 +319,9 @@ def cmd_features(args) -> int:
             w = str(models.resolve_pretrained(info, w, weights_dir=args.weights_dir,
                                               download=True))
         ds = load_dataset(args.dataset, size, cache_dir=args.cache_dir, seed=args.seed,
-                          progress=not args.quiet, max_per_class=args.max_per_class)
+                          progress=not args.quiet, max_per_class=args.max_per_class,
+                          labels=args.labels, id_column=args.id_column,
+                          label_column=args.label_column)
         t0 = time.perf_counter()
         path = features.extract(name, ds, args.out, weights=w, batch_size=args.batch_size,
                                 devices=args.devices, progress=not args.quiet,

@@ -117,6 +117,16 @@ class DataConfig:
     exclude: str | None = _opt(None, "a file list of images to leave out (one source-relative "
                                "path a line, e.g. `bench inspect`'s exclusions.txt)",
                                legacy=False)
+    labels: str | None = _opt(None, "a .csv (or .jsonl) naming each image of --dataset and its "
+                              "label (default: a labels.csv, train.csv, train_labels.csv or "
+                              "metadata.csv found in the folder)", legacy=False,
+                              metavar="FILE")
+    id_column: str | None = _opt(None, "--labels' id/file column (default: id, image_id, image, "
+                                 "file, filename, file_name or path)", legacy=False,
+                                 metavar="COLUMN")
+    label_column: str | None = _opt(None, "the label column of --labels or of Hugging Face "
+                                    "files (default: label, class, category, target, breed or "
+                                    "species)", legacy=False, metavar="COLUMN")
     # How the training set reaches the devices (bench.stream); none of these changes what a
     # run computes (the batch order is the same), so none is part of the run id.
     data_placement: str = _opt(
@@ -222,6 +232,10 @@ class RunConfig:
     eval_batch_size: int = _opt(256, "batch size of evaluation and prediction", parse=int,
                                 check=_positive)
     tag: str | None = _opt(None, "row label in the results table")
+    profile: int = _opt(0, "write a jax.profiler trace of this many training steps (from the "
+                        "second step on) into the run folder, for TensorBoard's profile "
+                        "plugin and XProf (0: off)", parse=int, check=_non_negative,
+                        legacy=False, in_id=False, metavar="STEPS")
 
     def __post_init__(self):
         for f, value in _own_leaves(self):
@@ -413,6 +427,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, only: tuple[str, ...] | No
                 kw["choices"] = f.metadata["choices"]
             if f.metadata.get("parse"):
                 kw["type"] = f.metadata["parse"]
+            if f.metadata.get("metavar"):
+                kw["metavar"] = f.metadata["metavar"]
             if key in required:
                 kw["required"] = True
                 kw.pop("default")

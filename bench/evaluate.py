@@ -85,7 +85,9 @@ def load_run(run_dir: str | Path, *, cache_dir=None, dataset=None,
         dataset = load_dataset(cfg.data.dataset, size, cache_dir=cache_dir, seed=cfg.seed,
                                val_fraction=cfg.data.val_fraction,
                                test_fraction=cfg.data.test_fraction, progress=False,
-                               max_per_class=cfg.data.max_per_class, exclude=cfg.data.exclude)
+                               max_per_class=cfg.data.max_per_class, exclude=cfg.data.exclude,
+                               labels=cfg.data.labels, id_column=cfg.data.id_column,
+                               label_column=cfg.data.label_column)
     fp = record.get("dataset", {}).get("fingerprint")
     if fp and dataset.fingerprint != fp:
         raise ValueError(f"{run_dir}: the data set {cfg.data.dataset!r} has changed since the run "

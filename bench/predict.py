@@ -444,6 +444,8 @@ def cmd_predict(args) -> int:
     if args.format not in ("csv", "kaggle"):
         raise ValueError(f"--format {args.format!r}: expected csv or kaggle")
     files = collect_images(args.images)
+    if getattr(args, "template", None):
+        return _predict_template(args, files)
     folder = resolve(args.from_, args.model)
     pred = load_predictor(folder)
     proba, ok, bad = pred.predict_files(files)
@@ -453,4 +455,30 @@ def cmd_predict(args) -> int:
     write_predictions(args.out, kept, proba, list(pred.classes_), args.format)
     print(f"{pred.name}: {len(kept)} images predicted"
           + (f", {len(bad)} unreadable skipped" if bad else "") + f"; wrote {args.out}")
+    return 0
+
+
+def _predict_template(args, files: list[Path]) -> int:
+    """``--template``: the template's rows and columns, filled (``bench.submission``)."""
+    from . import submission as sub
+
+    t = sub.read_template(args.template)
+    wanted = sub.match_ids(t, files, args.images)  # a missing id fails before any work
+    pred = load_predictor(resolve(args.from_, args.model))
+    classes = [str(c) for c in pred.classes_]
+    how, mapping = sub.plan_columns(t, classes)
+    unique = list(dict.fromkeys(wanted))
+    proba, ok, bad = pred.predict_files(unique)
+    by_file = {unique[i]: p for i, p in zip(ok, proba)}
+    for i, why in bad:
+        print(f"unreadable {unique[i]}: {why}; its row keeps the template's values",
+              file=sys.stderr)
+    bio.write_text(args.out, sub.render(t, how, mapping, [by_file.get(f) for f in wanted],
+                                        classes))
+    left = len(set(files) - set(unique))
+    what = "predicted class" if how == "label" else f"{len(mapping)} probability column(s)"
+    print(f"{pred.name}: {len(t.rows)} rows of {args.template} ({what})"
+          + (f", {len(bad)} unreadable kept as in the template" if bad else "")
+          + (f"; {left} image(s) not in the template left out" if left else "")
+          + f"; wrote {args.out}")
     return 0

@@ -48,6 +48,8 @@ class _Run:
     leaks: list | None = None  # near-duplicate pairs across splits; None: not searched
     batch: int = 0
     steps_per_epoch: int = 0
+    tb: Any = None  # bench.tblog: TensorBoard events in the run folder
+    trace: Any = None  # bench.tblog.StepTrace: the --profile trace
 
     @property
     def record_path(self) -> Path:
@@ -101,6 +103,7 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
     wall0 = time.perf_counter() - meta.get("wall_s", 0.0)
     with Progress(quiet) as prog, (fit.stream or contextlib.nullcontext()):
         state = _train_epochs(run, fit, state, meta, record, prog, wall0)
+        run.trace.close()
         state, scored_best = _restore_best(run, state, meta, record, prog)
         logp, val_logp, batch_times = _predict_splits(run, fit.steps, state, scored_best, prog)
     test_split = run.dataset.splits["test"]
@@ -109,6 +112,9 @@ def train(cfg: RunConfig, out_dir: str | Path = "results", *, quiet: bool = Fals
     wbytes = _write_outputs(run, state, scored_best, logp, val_logp)
     _finish_record(run, record, meta, test=test, infer=infer, wbytes=wbytes,
                    stream=fit.stream, wall0=wall0)
+    run.tb.log_final({"test/accuracy": test["accuracy"], "test/log_loss": test["log_loss"]},
+                     meta["epoch"])
+    run.tb.close()
     return record
 
 
@@ -131,7 +137,8 @@ def _open_run(cfg: RunConfig, out_dir, *, quiet: bool, dataset, cache_dir,
                                val_fraction=cfg.data.val_fraction,
                                test_fraction=cfg.data.test_fraction, progress=not quiet,
                                max_per_class=cfg.data.max_per_class, download=download,
-                               exclude=cfg.data.exclude)
+                               exclude=cfg.data.exclude, labels=cfg.data.labels,
+                               id_column=cfg.data.id_column, label_column=cfg.data.label_column)
     mesh = engine.Mesh.create(cfg.devices)
     run_id = cfg.run_id(dataset.name, mesh.n)
     return _Run(cfg=cfg, info=info, dataset=dataset, mesh=mesh, run_id=run_id,
@@ -216,6 +223,10 @@ def _make_run_dir(run: _Run, norm, *, force: bool) -> None:
         bio.write_json(run.run_dir / "config.json", to_dict(run.cfg))
         if norm is not None:
             normalize.save(run.run_dir / "normalize.npz", norm)
+    from . import tblog  # TensorBoard events and the --profile trace, in the run folder
+
+    run.tb = tblog.open_run(run.run_dir, to_dict(run.cfg), enabled=run.writer)
+    run.trace = tblog.StepTrace(run.run_dir, run.cfg.profile if run.writer else 0)
 
 
 def _restore_or_start(run: _Run, state) -> tuple[Any, dict]:
@@ -308,6 +319,8 @@ def _train_epochs(run: _Run, fit: _Fit, state, meta: dict, record: dict, prog,
                                      start=start, wall0=wall0)
         _validate(run, fit.steps, state, meta, row)
         meta["history"].append(row)
+        run.tb.log_epoch(row, img_per_s=meta["epoch_img_per_s"][-1],
+                         step_times=meta["step_times"][-(run.steps_per_epoch - start):])
         meta.update(epoch=epoch + 1, step=0, partial=None)
         meta["wall_s"] = time.perf_counter() - wall0
         if run.writer:
@@ -340,6 +353,7 @@ def train_one_epoch(run: _Run, fit: _Fit, state, meta: dict, record: dict, prog,
     every_steps = run.cfg.data.checkpoint_every
     every_s = 300.0 if fit.stream is not None and not every_steps else None
     for i in range(start, spe):
+        run.trace.at(epoch * spe + i)
         key = jax.random.fold_in(fit.base_key, epoch * spe + i)
         inputs = _step_inputs(run, fit, perm, epoch, i)
         s0 = time.perf_counter()

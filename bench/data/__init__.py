@@ -16,6 +16,12 @@ and int32 labels in ``train``, ``val`` and ``test`` splits. ``spec`` is one of
   wrapping folders (``archive.zip/cifar10/train/...``) are looked through. Class order is the
   sorted folder names, or a ``classes.txt`` (one name a line) at the root; next to a zip, a
   ``classes.txt`` that names exactly the zip's classes is used too.
+* a folder (or zip) of images labelled by a table (``bench.data.csv_labels``): a
+  ``labels.csv``/``train.csv``/``train_labels.csv``/``metadata.csv`` with an id and a label
+  column found in it, ``labels=FILE`` (CLI ``--labels``), or the table itself as ``spec``;
+  Hugging Face ``imagefolder`` split folders with ``metadata.csv``/``metadata.jsonl``.
+* a folder of Hugging Face parquet shards or a ``save_to_disk`` folder, read with pyarrow
+  (``bench.data.hf``). ``docs/data-layouts.md`` has the rules of every layout.
 * ``tfds:NAME[:VERSION][:SPLIT...]``: a tensorflow-datasets data set prepared as ArrayRecord,
   read with ``tfds.data_source`` (no TensorFlow needed). 0 splits named: the builder's own
   train/validation/test; 1: that split is split here; 2: train, test; 3: train, val, test.

@@ -44,6 +44,8 @@ class Dataset:
     source_fingerprint: str = ""
     cache: dict = dataclasses.field(default_factory=dict)
     excluded: list = dataclasses.field(default_factory=list)
+    layout: str = ""               # the layout detected (``split_info["layout"]`` too)
+    files_readable: bool = False   # Split.files are image files below ``source``
 
     @property
     def num_classes(self) -> int:
@@ -54,6 +56,7 @@ class Dataset:
         return {
             "name": self.name,
             "source": self.source,
+            "layout": self.layout,
             "fingerprint": self.fingerprint,
             "source_fingerprint": self.source_fingerprint,
             "classes": list(self.classes),
@@ -85,6 +88,9 @@ def load_dataset(
     data_dir: str | os.PathLike | None = None,
     download: bool = False,
     exclude: str | os.PathLike | Sequence[str] | None = None,
+    labels: str | os.PathLike | None = None,
+    id_column: str | None = None,
+    label_column: str | None = None,
 ) -> Dataset:
     """Load, decode (or read from the cache) and split a data set.
 
@@ -107,6 +113,11 @@ def load_dataset(
         the folder), or a file listing them one a line (``bench inspect``'s
         ``exclusions.txt``; ``#`` comments). They change the fingerprint and are listed in
         ``Dataset.excluded``.
+      labels: a ``.csv`` (or ``.jsonl``) naming each image of the folder and its label
+        (default: a ``labels.csv``/``train.csv``/``train_labels.csv``/``metadata.csv`` found
+        in the folder; see ``bench.data.csv_labels``).
+      id_column, label_column: the table's columns (default: detected by name); for
+        Hugging Face parquet/arrow files ``label_column`` names the label column.
 
     Returns:
       A :class:`Dataset` whose ``splits`` always has ``train``, ``val`` and ``test``.
@@ -127,13 +138,17 @@ def load_dataset(
                     max_per_class=max_per_class, workers=workers or _cpu_count(),
                     cache_dir=resolve_cache_dir(cache_dir), exclude=_exclusions(exclude))
     spec_str = os.fspath(spec)
+    if labels is not None and (spec_str == "digits" or spec_str.startswith("tfds:")):
+        raise ValueError(f"--labels {os.fspath(labels)!r}: {spec_str!r} has its own labels; "
+                         "--labels is for a folder or zip of images")
     if spec_str == "digits":
         source = digits_source()
         opts = dataclasses.replace(opts, cache_dir=None)
     elif spec_str.startswith("tfds:"):
         source = tfds_source(spec_str, data_dir=data_dir, download=download)
     else:
-        source = path_source(Path(spec_str).expanduser())
+        source = path_source(Path(spec_str).expanduser(), labels=labels, id_column=id_column,
+                             label_column=label_column)
     return _prepare(source, opts)
 
 
@@ -238,6 +253,8 @@ def _prepare(src: Source, opts: Options) -> Dataset:
     _warn_small_classes(splits, src, split_info)
     cache_info["seconds"] = round(time.perf_counter() - t0, 3)  # decode or read, and split
     split_info["layout"] = src.layout
+    if src.labels:
+        split_info["labels"] = src.labels
     fingerprint = digest({
         "source": src.fingerprint, "seed": opts.seed, "val_fraction": opts.val_fraction,
         "test_fraction": opts.test_fraction, "max_per_class": opts.max_per_class,
@@ -246,7 +263,8 @@ def _prepare(src: Source, opts: Options) -> Dataset:
     return Dataset(name=src.name, source=src.source, fingerprint=fingerprint,
                    classes=list(src.classes), image_size=opts.size, splits=splits,
                    skipped=skipped, split_info=split_info, resize=RESIZE_METHOD,
-                   source_fingerprint=src.fingerprint, cache=cache_info, excluded=excluded)
+                   source_fingerprint=src.fingerprint, cache=cache_info, excluded=excluded,
+                   layout=src.layout, files_readable=src.files_readable)
 
 
 def _as_size(image_size) -> tuple[int, int]:

@@ -3,6 +3,7 @@ keys and labels per group and a reader, before any decoding."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -15,33 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from .base import GENERIC_NAMES, SPLIT_FOLDERS, Source, display_name  # noqa: F401
 from .cache import digest
 
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
     ".ppm", ".pgm", ".pbm", ".pnm",
 })
-# Folder names accepted as splits, and the split each one stands for.
-SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val",
-                 "test": "test"}
 # ("cat.0.jpg" -> "cat", "great_dane_12.png" -> "great_dane").
 _FLAT_NAME = re.compile(r"^(?P<label>.+?)[._-](?P<id>\d+)\.[^./]+$")
-
-
-@dataclasses.dataclass
-class Source:
-    """A spec resolved to a list of items per group, before any decoding."""
-
-    name: str
-    source: str
-    fingerprint: str                       # of the source content and the class order
-    classes: list[str]
-    groups: dict[str, tuple[list, np.ndarray]]   # 'train'/'val'/'test' or 'all' -> keys, labels
-    reader: Any                            # .read(key) -> bytes or array; .display(key) -> str
-    layout: str
-    parallel: bool = True                  # whether the reader may be used from threads
-    unlisted: list = dataclasses.field(default_factory=list)  # files that could not be listed
-    warnings: list = dataclasses.field(default_factory=list)  # said on the console and recorded
 
 
 class _ArrayReader:
@@ -148,6 +131,8 @@ def _list_zip(path: Path):
                 h.update(f"{name}\0{info.file_size}\0{info.CRC}\n".encode())
             elif name.rsplit("/", 1)[-1] == "classes.txt":
                 texts[name] = zf.read(info).decode("utf-8", "replace")
+            elif _is_table_name(name):
+                texts.setdefault(TABLES, {})[name] = info.file_size
     keys.sort()
     return keys, h.hexdigest(), texts
 
@@ -178,6 +163,9 @@ def _list_dir(root: Path):
                 entries.append((rel, st.st_size, st.st_mtime_ns))
             elif f == "classes.txt":
                 texts[rel] = Path(dirpath, f).read_text("utf-8", "replace")
+            elif _is_table_name(f) and rel.count("/") <= 2:
+                with contextlib.suppress(OSError):
+                    texts.setdefault(TABLES, {})[rel] = os.stat(os.path.join(dirpath, f)).st_size
     entries.sort()
     h = hashlib.sha256()
     for rel, size, mtime in entries:
@@ -185,25 +173,49 @@ def _list_dir(root: Path):
     return [e[0] for e in entries], h.hexdigest(), texts, bad
 
 
-def path_source(path: Path) -> Source:
+def path_source(path: Path, *, labels=None, id_column: str | None = None,
+                label_column: str | None = None) -> Source:
+    """A folder or zip of images, its layout detected; a ``.csv``/``.jsonl`` label table
+    (``path`` itself, or ``labels``) labels the images below the table's folder; a folder
+    of Hugging Face parquet shards or ``save_to_disk`` files is read with pyarrow."""
     if not path.exists():
         raise ValueError(f"dataset path {str(path)!r} does not exist; expected a directory, "
-                         "a .zip of images, 'digits' or 'tfds:NAME'")
+                         "a .zip of images, a labels .csv, 'digits' or 'tfds:NAME'")
     path = Path(os.path.abspath(path))  # not resolve(): a symlink keeps its own name
+    if path.is_file() and _is_table_name(path.name) and labels is None:
+        labels, path = path, path.parent  # --dataset DIR/labels.csv
     bad: list[dict] = []
     if path.is_dir():
         keys, listing, texts, bad = _list_dir(path)
         reader, name = _DirReader(path), display_name(path)
+        if not keys and labels is None:
+            from .hf import hf_source
+
+            found = hf_source(path, texts.get(TABLES, {}), label_column=label_column)
+            if found is not None:
+                return found
     elif zipfile.is_zipfile(path):
         keys, listing, texts = _list_zip(path)
         reader, name = _ZipReader(path), display_name(path)
     else:
         raise ValueError(f"{path}: not a directory or a zip file; expected a directory, "
-                         "a .zip of images, 'digits' or 'tfds:NAME'")
+                         "a .zip of images, a labels .csv, 'digits' or 'tfds:NAME'")
     if not keys:
         raise ValueError(f"{path}: no images found (looked for files ending in "
                          f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
-    layout, prefix, groups = _detect_layout(keys, path)
+    tables = texts.pop(TABLES, {})
+    labelled = _labelled(path, keys, tables, reader, labels, id_column, label_column)
+    if labelled is not None:
+        return _labelled_source(path, name, listing, labelled, reader, bad)
+    try:
+        layout, prefix, groups = _detect_layout(keys, path)
+    except ValueError:  # a labels.csv that names no label column says more than the folder
+        from .csv_labels import rejected
+
+        why = rejected(keys, tables, reader.read, str(path), id_column, label_column)
+        if why is None:
+            raise
+        raise why from None
     classes = sorted({c for items in groups.values() for _, c in items})
     warnings = _empty_class_folders(path, groups, set(classes)) if path.is_dir() else []
     classes = _class_order(classes, path, prefix, texts)
@@ -214,7 +226,63 @@ def path_source(path: Path) -> Source:
                            "groups": {g: len(v[0]) for g, v in src_groups.items()}})
     return Source(name=name, source=str(path), fingerprint=fingerprint, classes=classes,
                    groups=src_groups, reader=reader, layout=layout, unlisted=bad,
-                   warnings=warnings)
+                   warnings=warnings, files_readable=True)
+
+
+# Label tables (bench.data.csv_labels) and Hugging Face files found while listing.
+TABLES = "\0tables"
+_TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet", ".arrow")
+_HF_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")
+
+
+def _is_table_name(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return not is_ignored(name) and (base.lower().endswith(_TABLE_SUFFIXES)
+                                      or base in _HF_FILES)
+
+
+def _labelled(path: Path, keys, tables, reader, labels, id_column, label_column):
+    """The images labelled by a table (explicit or detected), or None."""
+    from . import csv_labels
+
+    explicit = None
+    if labels is not None:
+        table = Path(labels).expanduser()
+        if not table.is_file() and path.is_dir() and (path / table).is_file():
+            table = path / table
+        if not table.is_file():
+            raise ValueError(f"--labels {str(labels)!r}: no such file; expected a .csv (or "
+                             ".jsonl) naming each image and its label")
+        size = table.stat().st_size
+        if size > csv_labels.MAX_TABLE_BYTES:
+            raise ValueError(f"--labels {table}: {size:,} bytes; expected a label table of at "
+                             f"most {csv_labels.MAX_TABLE_BYTES:,} bytes")
+        table = Path(os.path.abspath(table))
+        try:
+            folder = table.parent.relative_to(path).as_posix() if path.is_dir() else ""
+        except ValueError:  # a table outside the folder: ids relative to the folder
+            folder = ""
+        explicit = ("" if folder == "." else folder, str(table), table.read_bytes())
+    return csv_labels.detect(keys, tables, reader.read, str(path), labels=explicit,
+                             id_column=id_column, label_column=label_column)
+
+
+def _labelled_source(path: Path, name: str, listing: str, lab, reader, bad) -> Source:
+    classes = sorted({c for items in lab.groups.values() for _, c in items})
+    if len(classes) < 2:
+        where = ", ".join(lab.report)
+        raise ValueError(f"{path}: {where} gives {len(classes)} class(es) "
+                         f"{classes[:1]} to its matched images; expected at least two")
+    index = {c: i for i, c in enumerate(classes)}
+    groups = {g: ([k for k, _ in items], np.array([index[c] for _, c in items], np.int32))
+              for g, items in lab.groups.items()}
+    fingerprint = digest({"listing": listing, "classes": classes, "layout": lab.layout,
+                          "tables": lab.digests,
+                          "groups": {g: len(v[0]) for g, v in groups.items()}})
+    return Source(name=name, source=str(path), fingerprint=fingerprint, classes=classes,
+                  groups=groups, reader=reader, layout=lab.layout,
+                  unlisted=list(bad) + lab.skipped, warnings=lab.warnings, labels=lab.report,
+                  files_readable=True)
 
 
 def _empty_class_folders(root: Path, groups, classes: set[str]) -> list[str]:
@@ -235,21 +303,6 @@ def _empty_class_folders(root: Path, groups, classes: set[str]) -> list[str]:
 
 
 # Last path parts that say nothing about the data set: the folder above is named with them.
-GENERIC_NAMES = frozenset({"train", "training", "test", "val", "valid", "validation", "images",
-                           "imgs", "img", "data", "dataset", "datasets", "all", "photos",
-                           "pictures", "files", "archive", "download", "downloads"})
-
-
-def display_name(path: Path) -> str:
-    """A data set's name in tables and run ids: the last path part (a zip without its
-    suffix), prefixed by the folder above when the part is generic ("train.zip" in
-    dogs-vs-cats/ -> "dogs-vs-cats-train"; food101-3class/images -> "food101-3class-images")."""
-    stem = path.stem if path.is_file() else path.name
-    if stem.lower() in GENERIC_NAMES and path.parent.name:
-        return f"{path.parent.name}-{stem}"
-    return stem
-
-
 def peek_image_size(spec: str, n: int = 16) -> int | None:
     """The median shorter side of the first ``n`` images of ``spec`` (headers only), or None
     where it cannot be told cheaply (tfds)."""

@@ -106,6 +106,7 @@ def inspect_dataset(
     progress: bool = True,
     workers: int | None = None,
     data_dir: str | os.PathLike | None = None,
+    labels=None, id_column: str | None = None, label_column: str | None = None,
 ) -> dict:
     """Inspect a data set; with ``out_dir``, write ``inspect.json``, ``inspect.md``,
     ``contact.png``, ``exclusions.txt`` and ``exclusions.json`` there. Returns the result
@@ -138,7 +139,8 @@ def inspect_dataset(
     rows = files.load_rows(os.fspath(spec), image_size, val_fraction=val_fraction,
                            test_fraction=test_fraction, cache_dir=cache_dir, seed=seed,
                            progress=progress, workers=workers, data_dir=data_dir,
-                           timing=timing)
+                           timing=timing, labels=labels, id_column=id_column,
+                           label_column=label_column)
     files.read_files(rows, workers, timing)
     found = files.Findings()
     dups = duplicates.find_duplicates(rows, found, near_threshold=near_threshold,
@@ -196,7 +198,8 @@ def cmd_inspect(args) -> int:
         iqr_k=args.iqr_k, min_side=args.min_side, low_res_k=args.low_res_k,
         exclude=args.exclude, sheet_max=args.sheet_max, sheet_kinds=args.sheet_kinds,
         sheet_cross_split_only=args.sheet_cross_split, progress=not args.quiet,
-        data_dir=args.data_dir)
+        data_dir=args.data_dir, labels=args.labels, id_column=args.id_column,
+        label_column=args.label_column)
     c, nd = result["counts"], result["near_duplicates"]
     print(f"{result['dataset']['name']}: {c['images']} images, {c['skipped']} unreadable; "
           f"exact duplicate groups {result['exact_duplicates']['groups']}; near-duplicate "

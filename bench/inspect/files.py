@@ -142,7 +142,7 @@ class Findings(dict):
 
 def load_rows(spec_str: str, image_size: int, *, val_fraction: float, test_fraction: float,
               cache_dir, seed: int, progress: bool, workers: int, data_dir,
-              timing: dict) -> Rows:
+              timing: dict, labels=None, id_column=None, label_column=None) -> Rows:
     """The decoded arrays in training's split (through the training cache); each row mapped
     to its source file."""
     from ..data import load_dataset
@@ -150,9 +150,10 @@ def load_rows(spec_str: str, image_size: int, *, val_fraction: float, test_fract
     t = time.perf_counter()
     ds = load_dataset(spec_str, image_size, val_fraction=val_fraction,
                       test_fraction=test_fraction, cache_dir=cache_dir, seed=seed,
-                      progress=progress, workers=workers, data_dir=data_dir)
+                      progress=progress, workers=workers, data_dir=data_dir, labels=labels,
+                      id_column=id_column, label_column=label_column)
     timing["load_s"] = time.perf_counter() - t
-    is_files = not (spec_str == "digits" or spec_str.startswith("tfds:"))
+    is_files = ds.files_readable  # image files below ds.source (not digits, tfds, parquet)
     t = time.perf_counter()
     skipped_rel = []
     for s in ds.skipped:

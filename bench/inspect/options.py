@@ -38,6 +38,11 @@ def add_inspect_parser(subparsers) -> argparse.ArgumentParser:
         "(within and across splits), colour outliers; contact sheet and exclusion list")
     p.add_argument("--dataset", required=True,
                    help="'digits', a folder or .zip of images, or tfds:NAME (as for train)")
+    p.add_argument("--labels", help="a .csv (or .jsonl) naming each image and its label (as for "
+                   "train; default: a labels.csv, train.csv, train_labels.csv or metadata.csv "
+                   "in the folder)")
+    p.add_argument("--id-column", help="--labels' id/file column (default: detected by name)")
+    p.add_argument("--label-column", help="the label column (default: detected by name)")
     p.add_argument("--out", help="output folder (default: results/inspect/<dataset name>)")
     p.add_argument("--image-size", type=int, default=32,
                    help="decoded size read from / written to the cache (default 32; hashing "
