@@ -108,3 +108,25 @@ def test_bad_init_from_names_the_file(tmp_path, capsys):
                  "--cache-dir", str(tmp_path / "c")] + TINY)
     assert code == 2
     assert str(bogus) in capsys.readouterr().err
+
+
+def test_cli_docs_are_in_step_with_bench_help():
+    """docs/cli.md is what `python -m bench.cli_docs` writes, and names every subcommand and
+    every flag that `bench COMMAND --help` prints."""
+    import argparse
+    import re
+
+    from bench.cli import build_parser
+    from bench.cli_docs import cli_markdown
+
+    page = (REPO / "docs" / "cli.md").read_text()
+    assert page == cli_markdown(), "docs/cli.md is stale: python -m bench.cli_docs > docs/cli.md"
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert sub.choices and all(f"## bench {name}\n" in page for name in sub.choices)
+    for name, p in sub.choices.items():
+        section = page.split(f"## bench {name}\n", 1)[1].split("\n## bench ", 1)[0]
+        flags = set(re.findall(r"(?<![\w-])--?[a-zA-Z][\w-]*", p.format_help())) - {"-h", "--help"}
+        assert flags, name
+        missing = sorted(f for f in flags if f"`{f}" not in section and f", {f}" not in section)
+        assert not missing, f"bench {name}: {missing} not in docs/cli.md"
