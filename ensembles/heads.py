@@ -102,6 +102,22 @@ def _fold_log_loss(proba: np.ndarray, y_idx: np.ndarray) -> float:
 # --------------------------------------------------------------------------------------------
 
 
+@functools.cache
+def _controller():
+    """One threadpoolctl controller per process: finding the BLAS/OpenMP libraries costs
+    about 8 ms, more than a small fit."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _thread_limit(n_threads):
+    import contextlib
+
+    return contextlib.nullcontext() if n_threads is None else _controller().limit(
+        limits=n_threads)
+
+
 class _SklearnSolver:
     """scikit-learn's LogisticRegression (multinomial for > 2 classes)."""
 
@@ -115,10 +131,8 @@ class _SklearnSolver:
         self.n_iter = 0
 
     def fit(self, C: float):
-        from threadpoolctl import threadpool_limits
-
         with warnings.catch_warnings(record=True) as caught, \
-                threadpool_limits(limits=self.n_threads):
+                _thread_limit(self.n_threads):
             warnings.simplefilter("always", ConvergenceWarning)
             self.model.set_params(C=C).fit(self.X, self.y)
         self.converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)

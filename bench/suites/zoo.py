@@ -70,8 +70,9 @@ LEVEL1_DESIGN = {
     "combiners": "bagged greedy selection (Caruana 2006, sorted init, with replacement) and "
                  "top-k average on temperature-scaled members; stack on log-probabilities "
                  "with L2 by CV",
-    "val_log_loss": "members: on their honest rows; ensembles: the combiner's own 5-fold "
-                    "out-of-fold predictions over its rows",
+    "val_log_loss": "every row on the same labelled rows, those all rows have honest "
+                    "predictions for (members: out-of-fold or validation; ensembles: the "
+                    "combiner's own 5-fold out-of-fold predictions over its fit rows)",
     "recommended": "lowest val_log_loss; exported to best/",
 }
 
@@ -1011,6 +1012,9 @@ def leaderboard(rows: list[dict], dataset, st: dict, plan: dict, budget: float, 
     from ensembles import (accuracy, expected_calibration_error, log_loss,
                            log_loss_difference, top_k_accuracy)
 
+    from .zoo_ensembles import score_on_common_rows
+
+    score_on_common_rows(rows)
     k = len(dataset.classes)
     y = rows[0]["y_test"]
     scored = []
@@ -1021,7 +1025,8 @@ def leaderboard(rows: list[dict], dataset, st: dict, plan: dict, budget: float, 
             "top5_accuracy": top_k_accuracy(y, p, 5) if k > 5 else None,
             "log_loss": log_loss(y, p), "ece": expected_calibration_error(y, p),
             "val_log_loss": r["val_log_loss"], "val_rows": r["val_rows"],
-            "val_source": r["val_source"],
+            "val_source": r["val_source"], "val_log_loss_own": r["val_log_loss_own"],
+            "val_rows_own": r["val_rows_own"],
             "fit_s": r.get("fit_s"), "img_per_s": r.get("img_per_s"),
             "ms_per_image": 1000.0 / r["img_per_s"] if r.get("img_per_s") else None,
             "params": r.get("params"), "size_mb": r.get("size_mb"),

@@ -14,8 +14,9 @@ predictions for (sklearn's ``StackingClassifier(cv=k)``, AutoGluon's bagging):
 Per group: bagged greedy selection (Caruana et al. 2006) and a top-k average on
 temperature-scaled members, and a stack (logistic on log-probabilities, L2 by CV). Each
 combiner's validation score is the log-loss of its own 5-fold out-of-fold predictions over
-its fit rows (``ensembles.cross_fit_predict``), so it competes fairly with the members for
-the recommended row. See docs/zoo.md.
+its fit rows (``ensembles.cross_fit_predict``); the board then scores every row, members and
+ensembles, on the rows they all have honest predictions for (``score_on_common_rows``), and
+recommends the lowest. See docs/zoo.md.
 """
 
 from __future__ import annotations
@@ -90,17 +91,34 @@ def ensemble_rows(members: list[dict], zdir: Path, seed: int) -> list[dict]:
         smallest = int(np.bincount(y, minlength=P.shape[2]).min())
         source = "out-of-fold" if tag == "heads" else "validation"
         for kind, est in _combiners(seed):
-            if smallest < 2 or (kind == "stack" and smallest < 4):
+            if smallest < 2 or (kind == "stack" and smallest < 3):
                 continue  # too few rows of some class to cross-validate
             t0 = time.perf_counter()
             est.fit(P, y)
             oof = cross_fit_predict(est, P, y, cv=LEVEL2_FOLDS, random_state=seed)
             fit_s = time.perf_counter() - t0
             rows.append(_row(tag, kind, est, group, est.predict_proba(T), fit_s, zdir, {
+                "oof": oof, "y_oof": y, "oof_ids": ids, "trained_on": np.zeros(0, np.int64),
                 "val_log_loss": log_loss(y, oof), "val_rows": len(ids),
                 "val_source": f"cross-fit on {source} rows",
                 "note": f"fit on {len(ids)} {source} rows"}))
     return rows
+
+
+def score_on_common_rows(rows: list[dict]) -> np.ndarray:
+    """Every row's validation log-loss on the SAME labelled rows: those all of them have
+    honest predictions for (the validation rows once a network is on the board, else all of
+    train+val), so the recommended row is chosen on one set. Each row's score on all of its
+    own honest rows is kept as ``val_log_loss_own`` / ``val_rows_own``. Returns the rows."""
+    from ensembles import log_loss
+
+    ids = _common(rows)
+    y = aligned_labels(rows, ids)
+    for r in rows:
+        r["val_log_loss_own"] = r.get("val_log_loss_own", r["val_log_loss"])
+        r["val_rows_own"] = len(r["oof_ids"])
+        r["val_log_loss"], r["val_rows"] = log_loss(y, aligned(r, ids)), len(ids)
+    return ids
 
 
 def aligned_labels(group: list[dict], ids: np.ndarray) -> np.ndarray:
