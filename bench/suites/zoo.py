@@ -8,15 +8,25 @@ network and every feature head sees the same train / val / test rows; checked):
   grid's best (``small_cnn`` depth 5 width 128) at the data's resolution (32..64 px), each an
   ordinary resumable ``bench.train.train`` run;
 * frozen: pooled features of every pretrained backbone available (EfficientNet-Lite0/1/2,
-  and the Keras ImageNet backbones whose files are present) with a logistic head each (fit
-  on the training split), plus a head on their concatenation;
+  and the Keras ImageNet backbones whose files are present) with a logistic head each, plus
+  a head on their concatenation (and one on all the backbones extracted, when the planned
+  concatenation ran before the last of them). Each head is cross-fit with k folds over
+  train+val (every labelled image gets an out-of-fold probability), then refit on all of
+  them for the test split and export (AutoGluon's ``refit_full``);
 * fine-tuned: the most promising EfficientNet-Lite backbone (lowest validation log-loss of
   the frozen heads run by then; in the priority order below that is Lite0's, the cheapest)
   trained with a dense head on the frozen backbone, then from there its last two stages, and
   all of it (reports 003/004);
-* ensembles of all of these, fit on validation predictions: the average, a stack (logistic
-  head on the members' validation log-probabilities) and greedy ensemble selection
-  (Caruana et al. 2004, with replacement; ``ensembles.GreedyEnsembleSelection``).
+* ensembles (``bench.suites.zoo_ensembles``), fit only on predictions their members made for
+  images they were not trained on: over the heads, on all their out-of-fold rows; over every
+  member, on the validation rows (the networks have honest predictions there only). Bagged
+  greedy selection (Caruana et al. 2006) and a top-k average of temperature-scaled members,
+  and a stack (logistic on log-probabilities, L2 by CV).
+
+Chosen on validation, reported on test: every row gets a validation log-loss on the same
+honest rows (ensembles: their combiner's own out-of-fold predictions); the lowest is the
+recommended row, exported to ``OUT/best/``; the test columns are the report, with a paired
+bootstrap interval against the recommended row. docs/zoo.md explains the design.
 
 The budget: after the data are loaded, each candidate is probed: a scratch network's train
 step is compiled and timed for a few steps, and its eval step; a backbone's forward pass is
@@ -34,8 +44,11 @@ with the same command, resumes with the same plan: finished runs and heads are r
 in progress resumes from its last epoch, features are cached.
 
 Writes ``OUT/leaderboard.md``, ``.csv``, ``.html`` (a fragment for ``report.html``),
-``OUT/leaderboard_pareto.png``, ``OUT/zoo.json`` and the best row's exported predictor in
-``OUT/best/`` (``bench predict``, ``bench.load_predictor``).
+``OUT/leaderboard_pareto.png``, ``OUT/zoo.json`` and the recommended row's exported
+predictor in ``OUT/best/`` (``bench predict``, ``bench.load_predictor``). ``run_zoo`` is its
+stages: ``open_run``, ``load_data``, ``plan_stage`` (probe, budget), ``run_candidates`` (a
+kind of candidate is a runner in ``RUNNERS``, a probe in ``PROBES`` and its items in
+``candidates``), ``ensemble_stage`` and ``board_stage``.
 """
 
 from __future__ import annotations
@@ -721,6 +734,14 @@ def _concat_all(run: Run, data: Data, rows: dict) -> None:
         return
     it = Item("concat(all {backbones}) features + logistic head", "frozen", "concat",
               size=data.sizes["feature"], backbones=tuple(done))
+    est = estimate(it, {"dim": 1280 * len(done)}, data.n, 0, data.num_classes,
+                   (run.P["head_cv"] + 1) * run.P["head_cs"] / 36)
+    left = run.clock.left() - run.budget * MARGIN / 2
+    if it.name not in run.st["decisions"] and est > left:
+        _skip(run.st, it, f"budget: needs ~{fmt_s(est)}, {fmt_s(max(left, 0))} left", run.save)
+    if run.st["decisions"].get(it.name, {}).get("skipped"):
+        return
+    run.st["decisions"][it.name] = {"estimate_s": est}
     t0 = time.perf_counter()
     name = label(it.name, backbones=_short(done))
     rows[it.name] = _member(_run_head(run, it, data, rows, 0, None), name)
