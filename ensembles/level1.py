@@ -11,8 +11,9 @@ list of (n_samples, n_classes) arrays (or one (n_members, n_samples, n_classes) 
   kept, bagged over random member subsets; members temperature-scaled first;
 * ``TopKAverage``: the mean of the k best members (by their own loss on the fit rows), k
   chosen on those rows; in place of a uniform average of every member;
-* ``LogProbaStack``: a ``LogisticHead`` on the members' log-probabilities, its L2 strength
-  chosen by cross-validation over the fit rows;
+* ``LogProbaStack``: a logistic model on the members' log-probabilities (all of them, or
+  one weight per member: a log-linear pool), form and L2 strength chosen by
+  cross-validation over the fit rows;
 * ``cross_fit_predict``: a combiner's out-of-fold predictions over its fit rows (what its
   validation score is computed from: a combiner scored on the rows it was fit on would look
   better than it is).
@@ -203,13 +204,47 @@ class BaggedGreedySelection(_Weighted):
         return self
 
 
-class LogProbaStack(ClassifierMixin, BaseEstimator):
-    """A ``LogisticHead`` on the members' log-probabilities (``log(max(p, log_eps))``,
-    concatenated), L2 strength chosen by ``cv``-fold cross-validation over the fit rows from
-    ``Cs`` values. No temperatures: the linear layer scales each member itself.
+def _pool_loss(theta, L, y, lam):
+    """Log-loss (and gradient) of the log-linear pool softmax(sum_j w_j L_j + b) + lam/2 |w|^2."""
+    m, n, k = L.shape
+    w, b = theta[:m], theta[m:]
+    z = np.tensordot(w, L, axes=1) + b
+    z -= z.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(z).sum(axis=1))
+    loss = float((lse - z[np.arange(n), y]).mean() + 0.5 * lam * (w @ w))
+    g = np.exp(z - lse[:, None])
+    g[np.arange(n), y] -= 1.0
+    g /= n
+    return loss, np.concatenate([np.einsum("nk,mnk->m", g, L) + lam * w, g.sum(axis=0)])
 
-    Fitted attributes: ``coef_``, ``intercept_`` (on the log-probability features),
-    ``C_``, ``n_members_``, ``classes_``.
+
+def _fit_pool(L, y, lam, x0=None) -> np.ndarray:
+    from scipy.optimize import minimize
+
+    m, _, k = L.shape
+    x0 = np.concatenate([np.full(m, 1.0 / m), np.zeros(k)]) if x0 is None else x0
+    return minimize(_pool_loss, x0, args=(L, y, lam), jac=True, method="L-BFGS-B",
+                    options={"maxiter": 500}).x
+
+
+class LogProbaStack(ClassifierMixin, BaseEstimator):
+    """A logistic level-1 model on the members' log-probabilities (``log(max(p, log_eps))``),
+    its form and L2 strength chosen by ``cv``-fold cross-validation over the fit rows:
+
+    * ``full``: a ``LogisticHead`` on all members' log-probabilities concatenated (m x k
+      features, k x m x k weights): the stronger model where there are many rows;
+    * ``pool``: a log-linear pool softmax(sum_j w_j log p_j + b), one weight per member and a
+      bias per class (m + k parameters): what a few hundred validation rows can support; it
+      contains every single member (w = 1 on it) and their geometric mean.
+
+    Both scored on the same folds; the lower held-out log-loss wins, at its best C (``Cs``:
+    C values or their number, as ``LogisticHead``'s; the pool's penalty is 1 / (C n)). No
+    temperatures: the level-1 weights scale each member themselves. Exported as one linear
+    layer on the concatenated log-probabilities either way.
+
+    Fitted attributes: ``coef_``, ``intercept_`` (on the concatenated log-probabilities, in
+    ``ensembles._utils.full_logits``'s layout), ``form_``, ``C_``, ``cv_log_loss_`` (form ->
+    best held-out log-loss), ``n_members_``, ``classes_``.
     """
 
     def __init__(self, Cs=8, cv: int = 5, log_eps: float = LOG_EPS, random_state: int = 0):
@@ -222,20 +257,54 @@ class LogProbaStack(ClassifierMixin, BaseEstimator):
         return np.concatenate([np.log(np.clip(a, self.log_eps, 1.0)) for a in A], axis=1)
 
     def fit(self, P, y):
-        from .heads import LogisticHead
+        from .heads import LogisticHead, c_grid
 
         A = _stack(P)
         y = _labels(y, A)
-        k = A.shape[2]
+        m, n, k = A.shape
         smallest = int(np.bincount(y, minlength=k).min())
         if smallest < 2:
             raise ValueError(f"LogProbaStack: choosing L2 by cross-validation needs at least 2 "
                              f"rows of every class; the smallest class has {smallest}")
-        head = LogisticHead(Cs=self.Cs, cv=min(int(self.cv), smallest),
-                            random_state=self.random_state).fit(self._features(A), y)
-        self.coef_, self.intercept_, self.C_ = head.coef_, head.intercept_, head.C_
-        self.n_members_, self.classes_ = A.shape[0], np.arange(k)
+        folds = min(int(self.cv), smallest)
+        head = LogisticHead(Cs=self.Cs, cv=folds, random_state=self.random_state).fit(
+            self._features(A), y)
+        L = np.log(np.clip(A, self.log_eps, 1.0))
+        splits = list(StratifiedKFold(folds, shuffle=True, random_state=self.random_state)
+                      .split(A[0], y))
+        pool = {}
+        for C in c_grid(self.Cs):
+            held = [_losses(self._pool_proba(_fit_pool(L[:, tr], y[tr], 1.0 / (C * len(tr))),
+                                             L[:, va])[None], y[va])[0] for tr, va in splits]
+            pool[float(C)] = float(np.mean(held))
+        C_pool = min(pool, key=pool.get)
+        self.cv_log_loss_ = {"full": float(head.cv_log_loss_.mean(axis=1).min()),
+                             "pool": pool[C_pool]}
+        self.n_members_, self.classes_ = m, np.arange(k)
+        if self.cv_log_loss_["pool"] <= self.cv_log_loss_["full"]:
+            self.form_, self.C_ = "pool", C_pool
+            self.coef_, self.intercept_ = self._pool_layer(_fit_pool(L, y, 1.0 / (C_pool * n)),
+                                                           m, k)
+        else:
+            self.form_, self.C_ = "full", head.C_
+            self.coef_, self.intercept_ = head.coef_, head.intercept_
         return self
+
+    @staticmethod
+    def _pool_proba(theta, L) -> np.ndarray:
+        m = L.shape[0]
+        return softmax(np.tensordot(theta[:m], L, axes=1) + theta[m:])
+
+    @staticmethod
+    def _pool_layer(theta, m: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The pool as a linear layer on the concatenated log-probabilities."""
+        w, b = theta[:m], theta[m:]
+        coef = np.zeros((k, m * k))
+        for j in range(m):
+            coef[np.arange(k), j * k + np.arange(k)] = w[j]
+        if k == 2:  # full_logits' binary layout: class 1's logit minus class 0's
+            return (coef[1] - coef[0])[None], np.array([b[1] - b[0]])
+        return coef, b
 
     def predict_proba(self, P) -> np.ndarray:
         A = _stack(P)

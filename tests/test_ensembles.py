@@ -472,3 +472,33 @@ def test_bagged_greedy_selection_prefers_the_better_member_and_keeps_the_best_pr
     assert top.k_ == 1 and top.weights_.tolist() == [0.0, 1.0]
     with pytest.raises(ValueError, match="class indices"):
         TopKAverage().fit([good], y + 5)
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_stack_form_is_chosen_by_cv_and_exports_as_one_linear_layer(k):
+    """The form (full logistic stack or per-member log-linear pool) with the lower CV
+    log-loss is the one fitted; the pool exports as one layer on the concatenated
+    log-probabilities, binary layout included."""
+    from ensembles import LogProbaStack
+    from ensembles._utils import full_logits, softmax
+    from ensembles.level1 import _fit_pool
+
+    rng = np.random.default_rng(4)
+    n = 12 * k
+    y = np.arange(n) % k
+
+    def member(q):
+        z = rng.normal(size=(n, k)) * 1.5
+        z[np.arange(n), y] += q
+        return np.exp(z) / np.exp(z).sum(1, keepdims=True)
+
+    P = [member(q) for q in (1.0, 1.5, 2.0, 2.5)]
+    stack = LogProbaStack(Cs=4, cv=3).fit(P, y)
+    assert set(stack.cv_log_loss_) == {"full", "pool"}
+    assert stack.form_ == min(stack.cv_log_loss_, key=stack.cv_log_loss_.get)
+    L = np.log(np.clip(np.stack(P), stack.log_eps, 1.0))
+    theta = _fit_pool(L, y, 0.01)
+    coef, b = LogProbaStack._pool_layer(theta, len(P), k)
+    Z = np.concatenate(list(L), axis=1)
+    np.testing.assert_allclose(softmax(full_logits(Z, coef, b)),
+                               LogProbaStack._pool_proba(theta, L), atol=1e-12)

@@ -737,7 +737,8 @@ def _concat_all(run: Run, data: Data, rows: dict) -> None:
     est = estimate(it, {"dim": 1280 * len(done)}, data.n, 0, data.num_classes,
                    (run.P["head_cv"] + 1) * run.P["head_cs"] / 36)
     left = run.clock.left() - run.budget * MARGIN / 2
-    if it.name not in run.st["decisions"] and est > left:
+    fitted = all(p.exists() for p in _head_paths(run, it))  # reused whatever the time left
+    if it.name not in run.st["decisions"] and est > left and not fitted:
         _skip(run.st, it, f"budget: needs ~{fmt_s(est)}, {fmt_s(max(left, 0))} left", run.save)
     if run.st["decisions"].get(it.name, {}).get("skipped"):
         return
@@ -951,6 +952,12 @@ def _extract(run: Run, it: Item, dataset) -> tuple[list, float, list, int]:
     return paths, extract_s, ips, params
 
 
+def _head_paths(run: Run, it: Item) -> tuple[Path, Path]:
+    """Where ``it``'s fitted head is cached: ``zoo/heads/<slug>.npz`` and ``.json``."""
+    stem = slug(it.name.replace("{backbones}", "-".join(it.backbones)))
+    return run.zdir / "heads" / f"{stem}.npz", run.zdir / "heads" / f"{stem}.json"
+
+
 HEAD_FORMAT = "logistic head v2: coef, intercept (refit on train+val), out-of-fold proba"
 
 
@@ -961,8 +968,7 @@ def _fit_head(run: Run, it: Item, X, y, paths) -> tuple[np.ndarray, np.ndarray, 
     from ensembles import LogisticHead
 
     cv, cs = run.P["head_cv"], run.P["head_cs"]
-    stem = slug(it.name.replace("{backbones}", "-".join(it.backbones)))
-    npz, meta_path = run.zdir / "heads" / f"{stem}.npz", run.zdir / "heads" / f"{stem}.json"
+    npz, meta_path = _head_paths(run, it)
     want = {"features": [str(p) for p in paths], "cv": [cv, cs], "format": HEAD_FORMAT}
     if npz.exists() and meta_path.exists() and not run.force:
         meta = bio.read_json(meta_path)
