@@ -56,11 +56,17 @@ def test_combiners_use_only_rows_every_member_has_honest_predictions_for(tmp_pat
         n = N["train"] + N["val"] if r["source"]["group"] == "heads" else N["val"]
         assert r["val_rows"] == n and f"fit on {n} " in r["note"]
     # Planted: a network that claims predictions for rows it was trained on is refused.
-    liar = dict(members[2], oof_ids=np.arange(N["train"] + N["val"]),
+    liar = dict(members[2], oof_ids=np.arange(N["train"] + N["val"]), y_oof=_labels()[0],
                 oof=_proba(rng, _labels()[0], 1.0), name="liar")
     with pytest.raises(ValueError, match="liar: .* among its training rows"):
         level1_groups(members[:2] + [liar])
     check_honest(members, labelled_ids(N, "val"))  # the validation rows are fine
+    # A network better than every head on validation: no combiner of the heads alone (it
+    # could only lose to that network), and the board says why.
+    strong = _member("net", "scratch", rng, 6.0, network=True)
+    skipped = []
+    assert [t for t, _, _ in level1_groups(members[:2] + [strong], skipped)] == ["all"]
+    assert "best member on the 30 validation rows is net" in skipped[0]["reason"]
 
 
 def test_a_zoo_of_identical_members_gives_an_ensemble_equal_to_that_member(tmp_path):

@@ -78,8 +78,8 @@ LEVEL1_DESIGN = {
              "refit on train+val for test and export",
     "networks": "validation predictions only (trained on train)",
     "level1_rows": "per combiner, the labelled rows every member has an honest prediction "
-                   "for: all of train+val for heads only; the validation rows once a network "
-                   "is a member",
+                   "for: the validation rows once a network is a member; all of train+val for "
+                   "the heads alone (while the best member on validation is a head)",
     "combiners": "bagged greedy selection (Caruana 2006, sorted init, with replacement) and "
                  "top-k average on temperature-scaled members; stack on log-probabilities "
                  "with L2 by CV",
@@ -761,7 +761,9 @@ def ensemble_stage(run: Run, rows: dict) -> list[dict]:
         if not np.array_equal(r["y_test"], members[0]["y_test"]):
             raise ValueError(f"{r['name']}: its test labels are not those of "
                              f"{members[0]['name']} (the splits differ)")
-    return ensemble_rows(members, run.zdir, run.seed) if len(members) >= 2 else []
+    run.st["ensembles_skipped"] = []
+    return ensemble_rows(members, run.zdir, run.seed, run.st["ensembles_skipped"]) \
+        if len(members) >= 2 else []
 
 
 def board_stage(run: Run, data: Data, plan: dict, rows: list[dict], t0: float) -> Path:
@@ -1073,7 +1075,8 @@ def leaderboard(rows: list[dict], dataset, st: dict, plan: dict, budget: float, 
          "kind": next((d["kind"] for d in plan["items"] + plan.get("reserve", [])
                        if d["name"] == name), ""),
          "reason": d["reason"]}
-        for name, d in st["decisions"].items() if isinstance(d, dict) and d.get("skipped")]
+        for name, d in st["decisions"].items() if isinstance(d, dict) and d.get("skipped")
+    ] + st.get("ensembles_skipped", [])
     return {"rows": [scored[i] for i in order], "skipped": skipped,
             "recommended": scored[rec]["name"], "level1": LEVEL1_DESIGN,
             "near_duplicates": st.get("near_duplicates", {}), "budget_s": budget,

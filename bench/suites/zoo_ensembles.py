@@ -8,8 +8,8 @@ train+val (k-fold cross-fitting, then refit on all of them for ``test``); a trai
 only its validation rows. A group of members is fit on the rows they ALL have honest
 predictions for (sklearn's ``StackingClassifier(cv=k)``, AutoGluon's bagging):
 
-* heads only: every labelled row;
-* all members, once a network is among them: the validation rows.
+* all members, once a network is among them: the validation rows;
+* heads only: every labelled row, while the best member on the validation rows is a head.
 
 Per group: bagged greedy selection (Caruana et al. 2006) and a top-k average on
 temperature-scaled members, and a stack (logistic on log-probabilities, L2 by CV). Each
@@ -41,15 +41,30 @@ def aligned(member: dict, ids: np.ndarray) -> np.ndarray:
     return member["oof"][pos]
 
 
-def level1_groups(members: list[dict]) -> list[tuple[str, list[dict], np.ndarray]]:
-    """(tag, members, rows) for each combiner group: the heads on their common out-of-fold
-    rows, and every member on the rows all of them have honest predictions for."""
+def level1_groups(members: list[dict], skipped: list | None = None
+                  ) -> list[tuple[str, list[dict], np.ndarray]]:
+    """(tag, members, rows) for each combiner group: every member on the rows all of them
+    have honest predictions for, and the heads alone on all their out-of-fold rows while the
+    best member on those common rows is a head (a group without the validation-best member
+    could only lose to it); what is left out is appended to ``skipped``, with why."""
+    from ensembles import log_loss
+
     heads = [m for m in members if m["val_source"] == "out-of-fold"]
     groups = []
-    if len(heads) >= 2:
-        groups.append(("heads", heads, _common(heads)))
     if len(members) > len(heads) and len(members) >= 2:
-        groups.append(("all", members, _common(members)))
+        ids = _common(members)
+        y = aligned_labels(members, ids)
+        best = min(members, key=lambda m: log_loss(y, aligned(m, ids)))
+        if len(heads) >= 2 and best in heads:
+            groups.append(("heads", heads, _common(heads)))
+        elif len(heads) >= 2 and skipped is not None:
+            skipped.append({"name": f"combiners of the {len(heads)} heads alone",
+                            "kind": "ensemble",
+                            "reason": f"the best member on the {len(ids)} validation rows is "
+                                      f"{best['name']}, not a head"})
+        groups.append(("all", members, ids))
+    elif len(heads) >= 2:
+        groups.append(("heads", heads, _common(heads)))
     for tag, group, ids in groups:
         check_honest(group, ids)
     return groups
@@ -78,13 +93,14 @@ def _combiners(seed: int):
             ("stack", LogProbaStack(random_state=seed))]
 
 
-def ensemble_rows(members: list[dict], zdir: Path, seed: int) -> list[dict]:
+def ensemble_rows(members: list[dict], zdir: Path, seed: int,
+                  skipped: list | None = None) -> list[dict]:
     """Every group's combiners, fit on its honest rows, with test probabilities and their own
     out-of-fold validation score; stacks saved under ``zdir/ensembles``."""
     from ensembles import cross_fit_predict, log_loss
 
     rows = []
-    for tag, group, ids in level1_groups(members):
+    for tag, group, ids in level1_groups(members, skipped):
         P = np.stack([aligned(m, ids) for m in group])
         y = np.asarray(aligned_labels(group, ids))
         T = np.stack([m["test"] for m in group])
