@@ -161,8 +161,9 @@ def _row(tag: str, kind: str, est, group: list[dict], test: np.ndarray, fit_s: f
                         {"format": "stack v1: level-1 logistic head on log(clip(p, 1e-7, 1)) "
                                    "of the members in order"})
         src = {"combiner": "stack", "stack": str(path.relative_to(zdir.parent)),
-               "log_eps": est.log_eps, "C": est.C_}
-        name = f"stack of {what} (logistic on log-probas, L2 by CV)"
+               "log_eps": est.log_eps, "C": est.C_, "form": est.form_}
+        form = "log-linear pool" if est.form_ == "pool" else "logistic on log-probas"
+        name = f"stack of {what} ({form}, chosen by CV)"
     else:
         weights = est.weights_
         src = {"combiner": "weighted",
