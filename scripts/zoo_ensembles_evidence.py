@@ -115,6 +115,8 @@ def compare(run, data, members: list[dict], after_ens: list[dict]) -> dict:
                            ("after", members, after_ens)):
         best = min(mem, key=lambda r: log_loss(y, r["test"]))
         rows = [dict(best, name=f"best single: {best['name']}")] + ens
+        if side == "before":  # the old zoo had no honest validation score for its rows
+            rows = [dict(r, val_log_loss=None, val_rows=None) for r in rows]
         sides[side] = {"best_single": best["name"], "rows": score(rows, y, best["test"])}
     by_test = min(before + old,
                   key=lambda r: log_loss(y, r["test"]))
