@@ -257,7 +257,7 @@ class LogProbaStack(ClassifierMixin, BaseEstimator):
         return np.concatenate([np.log(np.clip(a, self.log_eps, 1.0)) for a in A], axis=1)
 
     def fit(self, P, y):
-        from .heads import LogisticHead, c_grid
+        from .heads import LogisticHead, _thread_limit, c_grid
 
         A = _stack(P)
         y = _labels(y, A)
@@ -273,18 +273,21 @@ class LogProbaStack(ClassifierMixin, BaseEstimator):
         splits = list(StratifiedKFold(folds, shuffle=True, random_state=self.random_state)
                       .split(A[0], y))
         pool = {}
-        for C in c_grid(self.Cs):
-            held = [_losses(self._pool_proba(_fit_pool(L[:, tr], y[tr], 1.0 / (C * len(tr))),
-                                             L[:, va])[None], y[va])[0] for tr, va in splits]
-            pool[float(C)] = float(np.mean(held))
+        with _thread_limit(1):  # BLAS threads spin-wait on a busy CPU (see LogisticHead)
+            for C in c_grid(self.Cs):
+                held = [_losses(self._pool_proba(
+                    _fit_pool(L[:, tr], y[tr], 1.0 / (C * len(tr))), L[:, va])[None],
+                    y[va])[0] for tr, va in splits]
+                pool[float(C)] = float(np.mean(held))
         C_pool = min(pool, key=pool.get)
         self.cv_log_loss_ = {"full": float(head.cv_log_loss_.mean(axis=1).min()),
                              "pool": pool[C_pool]}
         self.n_members_, self.classes_ = m, np.arange(k)
         if self.cv_log_loss_["pool"] <= self.cv_log_loss_["full"]:
             self.form_, self.C_ = "pool", C_pool
-            self.coef_, self.intercept_ = self._pool_layer(_fit_pool(L, y, 1.0 / (C_pool * n)),
-                                                           m, k)
+            with _thread_limit(1):
+                theta = _fit_pool(L, y, 1.0 / (C_pool * n))
+            self.coef_, self.intercept_ = self._pool_layer(theta, m, k)
         else:
             self.form_, self.C_ = "full", head.C_
             self.coef_, self.intercept_ = head.coef_, head.intercept_

@@ -97,7 +97,8 @@ def score(rows: list[dict], y, ref: np.ndarray) -> list[dict]:
         vb = log_loss_difference(y, r["test"], ref)
         out.append({"name": r["name"], "kind": r.get("kind", "ensemble"),
                     "val_log_loss": r.get("val_log_loss"), "val_rows": r.get("val_rows"),
-                    "test_log_loss": log_loss(y, r["test"]), "test_accuracy": accuracy(y, r["test"]),
+                    "test_log_loss": log_loss(y, r["test"]),
+                    "test_accuracy": accuracy(y, r["test"]),
                     "vs_best_single": vb})
     return out
 

@@ -54,7 +54,8 @@ def test_combiners_use_only_rows_every_member_has_honest_predictions_for(tmp_pat
     assert {r["source"]["group"] for r in rows} == {"heads", "all"}
     for r in rows:
         n = N["train"] + N["val"] if r["source"]["group"] == "heads" else N["val"]
-        assert r["val_rows"] == n and f"fit on {n} " in r["note"]
+        assert r["val_rows"] == n and r["fit_rows"] == n and f"fit on {n} " in r["note"]
+        assert r["fit_on"] == ("out-of-fold" if n > N["val"] else "validation")
     # Planted: a network that claims predictions for rows it was trained on is refused.
     liar = dict(members[2], oof_ids=np.arange(N["train"] + N["val"]), y_oof=_labels()[0],
                 oof=_proba(rng, _labels()[0], 1.0), name="liar")

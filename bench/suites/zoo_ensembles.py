@@ -116,7 +116,8 @@ def ensemble_rows(members: list[dict], zdir: Path, seed: int,
             rows.append(_row(tag, kind, est, group, est.predict_proba(T), fit_s, zdir, {
                 "oof": oof, "y_oof": y, "oof_ids": ids, "trained_on": np.zeros(0, np.int64),
                 "val_log_loss": log_loss(y, oof), "val_rows": len(ids),
-                "val_source": f"cross-fit on {source} rows",
+                "val_source": f"cross-fit on {source} rows", "fit_rows": len(ids),
+                "fit_on": source,
                 "note": f"fit on {len(ids)} {source} rows"}))
     return rows
 
