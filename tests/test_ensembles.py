@@ -502,3 +502,17 @@ def test_stack_form_is_chosen_by_cv_and_exports_as_one_linear_layer(k):
     Z = np.concatenate(list(L), axis=1)
     np.testing.assert_allclose(softmax(full_logits(Z, coef, b)),
                                LogProbaStack._pool_proba(theta, L), atol=1e-12)
+
+
+def test_temperature_sharpens_at_most_twice():
+    """A member with no mistake on the fit rows would be driven to one-hot (T -> 0); the
+    search stops at T = 1/2. An over-confident member is softened."""
+    from ensembles import fit_temperature
+
+    y = np.arange(30) % 3
+    p = np.full((30, 3), 0.2)
+    p[np.arange(30), y] = 0.6
+    assert fit_temperature(p, y) == pytest.approx(0.5, abs=1e-3)
+    q = np.full((30, 3), 0.005)
+    q[np.arange(30), (y + (np.arange(30) % 4 == 0)) % 3] = 0.99  # a quarter confidently wrong
+    assert fit_temperature(q, y) > 2.0
