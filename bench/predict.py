@@ -57,7 +57,8 @@ def export(zoo_out, name: str, dest) -> Path:
     _export_row(zoo_out, board, row, tmp, tmp)
     meta = bio.read_json(tmp / "predictor.json")
     meta.update(format=FORMAT, name=row["name"], kind=row["kind"], classes=board["classes"],
-                leaderboard={k: row.get(k) for k in ("rank", "accuracy", "log_loss", "ece")},
+                leaderboard={k: row.get(k) for k in ("rank", "accuracy", "log_loss", "ece",
+                                                     "val_log_loss", "recommended")},
                 dataset=board["dataset"])
     bio.write_json(tmp / "predictor.json", meta)
     old = dest.parent / f".{dest.name}.old"
@@ -112,6 +113,8 @@ def _export_row(zoo_out: Path, board: dict, row: dict, folder: Path, root: Path)
         meta = {"type": "ensemble", "combiner": src["combiner"], "members": dirs,
                 "member_names": src["members"], "weights": src["weights"],
                 "classes": board["classes"]}
+        if src.get("temperatures"):  # members temperature-scaled before the weighted mean
+            meta["temperatures"] = src["temperatures"]
         if src["combiner"] == "stack":
             shutil.copyfile(zoo_out / src["stack"], folder / "stack.npz")
             meta["log_eps"] = src["log_eps"]
@@ -267,6 +270,7 @@ class _Ensemble:
         self.members = [_load(folder / d) for d in meta["members"]]
         self.weights = np.asarray(meta["weights"], np.float64)
         self.combiner = meta["combiner"]
+        self.temperatures = meta.get("temperatures") or [1.0] * len(self.members)
         if self.combiner == "stack":
             arrays, _ = bio.load_arrays(folder / "stack.npz")
             self.coef, self.intercept = arrays[0], arrays[1]
@@ -282,6 +286,9 @@ class _Ensemble:
 
             Z = np.concatenate([np.log(np.clip(p, self.log_eps, 1.0)) for p in ps], axis=1)
             return softmax(full_logits(Z, self.coef, self.intercept))
+        from ensembles import temper
+
+        ps = [q if t == 1.0 else temper(q, t) for q, t in zip(ps, self.temperatures)]
         p = sum(w * q for w, q in zip(self.weights / self.weights.sum(), ps))
         return p / p.sum(axis=1, keepdims=True)
 

@@ -102,6 +102,22 @@ def _fold_log_loss(proba: np.ndarray, y_idx: np.ndarray) -> float:
 # --------------------------------------------------------------------------------------------
 
 
+@functools.cache
+def _controller():
+    """One threadpoolctl controller per process: finding the BLAS/OpenMP libraries costs
+    about 8 ms, more than a small fit."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _thread_limit(n_threads):
+    import contextlib
+
+    return contextlib.nullcontext() if n_threads is None else _controller().limit(
+        limits=n_threads)
+
+
 class _SklearnSolver:
     """scikit-learn's LogisticRegression (multinomial for > 2 classes)."""
 
@@ -115,10 +131,8 @@ class _SklearnSolver:
         self.n_iter = 0
 
     def fit(self, C: float):
-        from threadpoolctl import threadpool_limits
-
         with warnings.catch_warnings(record=True) as caught, \
-                threadpool_limits(limits=self.n_threads):
+                _thread_limit(self.n_threads):
             warnings.simplefilter("always", ConvergenceWarning)
             self.model.set_params(C=C).fit(self.X, self.y)
         self.converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
@@ -278,15 +292,20 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
       n_threads: thread limit for scikit-learn's BLAS/OpenMP pools during fits
         (threadpoolctl); None keeps the libraries' defaults. Not used by the JAX backend.
       random_state: seed of the fold shuffle.
+      store_oof: keep the folds' held-out probabilities at the chosen C (``oof_proba_``):
+        out-of-fold predictions for every row at no extra fit, as ``cross_val_predict``
+        would give at that C. C itself was chosen on these folds (one of ``Cs`` values), a
+        small optimism. Needs more than one C.
 
     Fitted attributes: ``classes_``, ``coef_`` (n_classes or 1, n_features) and
     ``intercept_`` in input units, ``C_`` (chosen), ``Cs_`` (grid), ``cv_log_loss_``
     (n_Cs, n_folds) held-out log-loss (inf where a fold stopped early), ``n_iter_``
-    (iterations of the final fit), ``n_features_in_``.
+    (iterations of the final fit), ``n_features_in_``; with ``store_oof``, ``oof_proba_``
+    (n_samples, n_classes) and ``oof_fold_`` (n_samples,) the fold each row was held out in.
     """
 
     def __init__(self, Cs=6, cv=5, max_iter=200, solver="lbfgs", tol=1e-4, backend="sklearn",
-                 n_threads=1, random_state=0):
+                 n_threads=1, random_state=0, store_oof=False):
         self.Cs = Cs
         self.cv = cv
         self.max_iter = max_iter
@@ -295,6 +314,7 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
         self.backend = backend
         self.n_threads = n_threads
         self.random_state = random_state
+        self.store_oof = store_oof
 
     def _splits(self, X, y_idx):
         cv = self.cv
@@ -335,9 +355,17 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
         mean, scale = _standardize(X)
         Xs = (X - mean) / scale
         self.cv_log_loss_ = None
+        if self.store_oof and len(self.Cs_) < 2:
+            raise ValueError("LogisticHead(store_oof=True) needs more than one C: the "
+                             "out-of-fold predictions come from the C search's folds")
         if len(self.Cs_) > 1:
-            self.cv_log_loss_ = self._cross_validate(Xs, y_idx, n_classes)
-            self.C_ = float(self.Cs_[int(np.argmin(self.cv_log_loss_.mean(axis=1)))])
+            held = np.full((len(self.Cs_), len(y_idx), n_classes), np.nan) \
+                if self.store_oof else None
+            self.cv_log_loss_ = self._cross_validate(Xs, y_idx, n_classes, held)
+            best = int(np.argmin(self.cv_log_loss_.mean(axis=1)))
+            self.C_ = float(self.Cs_[best])
+            if held is not None:  # every fold reached the chosen C (else its mean is inf)
+                self.oof_proba_ = held[best]
         else:
             self.C_ = float(self.Cs_[0])
         solver = self._solver(Xs, y_idx, n_classes).fit(self.C_)
@@ -357,17 +385,25 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
         return _SklearnSolver(X, y_idx, n_classes, solver=self.solver, max_iter=self.max_iter,
                               tol=self.tol, n_threads=self.n_threads)
 
-    def _cross_validate(self, Xs, y_idx, n_classes) -> np.ndarray:
+    def _cross_validate(self, Xs, y_idx, n_classes, held=None) -> np.ndarray:
         """Held-out log-loss for every (C, fold), fold by fold (one fold's copy in memory at a
-        time); inf where the fold stopped its path early."""
+        time); inf where the fold stopped its path early. ``held`` (n_Cs, n, k), if given,
+        receives the held-out probabilities."""
         splits = self._splits(Xs, y_idx)
         scores = np.full((len(self.Cs_), len(splits)), np.inf)
+        if held is not None:
+            self.oof_fold_ = np.full(len(y_idx), -1, np.int64)
         for f, (tr, va) in enumerate(splits):
             solver = self._solver(Xs[tr], y_idx[tr], n_classes)
             X_va = Xs[va]
             path = _PathStopper()
+            if held is not None:
+                self.oof_fold_[va] = f
             for i, C in enumerate(self.Cs_):
-                scores[i, f] = _fold_log_loss(solver.fit(C).predict_proba(X_va), y_idx[va])
+                proba = solver.fit(C).predict_proba(X_va)
+                if held is not None:
+                    held[i, va] = proba
+                scores[i, f] = _fold_log_loss(proba, y_idx[va])
                 if path.stop(scores[i, f]):
                     break
         return scores

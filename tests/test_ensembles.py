@@ -379,3 +379,140 @@ def test_log_loss_difference_is_paired_and_brackets_the_gap():
     p_one[0] = 1 - p_one[0]
     noisy = log_loss_difference(y, p_one, p_good)
     assert noisy["lo"] <= 0.0 <= noisy["hi"] and noisy["diff"] > 0
+
+
+# --- level-1 combiners of out-of-fold probabilities (ensembles.level1) ------------------------
+
+
+def test_head_out_of_fold_rows_never_include_their_own_training_rows():
+    """Planted: every row carries an identity feature a head memorises, and the labels are
+    random. In-sample the refit head knows every row; an out-of-fold prediction made by a fit
+    that saw its row would know it too. Out-of-fold predictions stay at chance."""
+    rng = np.random.default_rng(0)
+    n, k = 120, 3
+    y = rng.integers(0, k, n)
+    X = np.hstack([np.eye(n) * 10.0, rng.normal(size=(n, 4))])
+    head = LogisticHead(Cs=[1.0, 100.0], cv=3, store_oof=True).fit(X, y)
+    assert log_loss(y, head.predict_proba(X)) < 0.3  # memorised
+    assert log_loss(y, head.oof_proba_) > 0.9 * np.log(k)  # never saw its own rows
+    assert not np.isnan(head.oof_proba_).any()
+    assert sorted(np.bincount(head.oof_fold_)) == [40, 40, 40]
+    with pytest.raises(ValueError, match="store_oof"):
+        LogisticHead(Cs=[1.0], store_oof=True).fit(X, y)
+
+
+class _Spy:
+    """A combiner that records the rows it was fit on and refuses to predict them."""
+
+    def __init__(self):
+        self.seen = None
+
+    def get_params(self, deep=False):
+        return {}
+
+    def set_params(self, **_):
+        return self
+
+    def fit(self, P, y):
+        self.seen = {P[:, i].tobytes() for i in range(P.shape[1])}
+        self.k = P.shape[2]
+        return self
+
+    def predict_proba(self, P):
+        assert not any(P[:, i].tobytes() in self.seen for i in range(P.shape[1]))
+        return np.full(P.shape[1:], 1.0 / self.k)
+
+
+def test_cross_fit_predict_predicts_each_row_by_a_fit_without_it():
+    from ensembles import cross_fit_predict
+
+    rng = np.random.default_rng(1)
+    P = rng.dirichlet(np.ones(3), size=(2, 50))
+    y = np.arange(50) % 3
+    out = cross_fit_predict(_Spy(), P, y, cv=5)
+    assert out.shape == (50, 3) and not np.isnan(out).any()
+    with pytest.raises(ValueError, match="at least 2 rows of every class"):
+        cross_fit_predict(_Spy(), P[:, :4], np.array([0, 1, 2, 2]))
+
+
+def test_identical_members_give_that_member():
+    from ensembles import BaggedGreedySelection, LogProbaStack, TopKAverage, fit_temperature, temper
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 90)
+    z = rng.normal(size=(90, 3)) * 2
+    z[np.arange(90), y] += 2.5
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    P = [p, p, p, p]
+    T = fit_temperature(p, y)
+    assert T != 1.0  # this member is over-confident: it is tempered
+    for est in (BaggedGreedySelection(n_bags=5), TopKAverage()):
+        np.testing.assert_allclose(est.fit(P, y).predict_proba(P), temper(p, T), atol=1e-12)
+        est.set_params(temperature=False)
+        np.testing.assert_allclose(est.fit(P, y).predict_proba(P), p, atol=1e-12)
+    stack = LogProbaStack(cv=3).fit(P, y)  # a recalibration of the member: no worse than T's
+    assert log_loss(y, stack.predict_proba(P)) <= log_loss(y, temper(p, T)) + 0.02
+
+
+def test_bagged_greedy_selection_prefers_the_better_member_and_keeps_the_best_prefix():
+    from ensembles import BaggedGreedySelection, TopKAverage
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 400)
+
+    def member(q):
+        z = rng.normal(size=(400, 2))
+        z[np.arange(400), y] += q
+        return np.exp(z) / np.exp(z).sum(1, keepdims=True)
+
+    good, bad = member(3.0), member(0.2)
+    sel = BaggedGreedySelection(n_bags=4).fit([bad, good, bad], y)
+    assert sel.weights_.sum() == pytest.approx(1.0) and sel.weights_[1] > 0.9
+    top = TopKAverage().fit([bad, good], y)
+    assert top.k_ == 1 and top.weights_.tolist() == [0.0, 1.0]
+    with pytest.raises(ValueError, match="class indices"):
+        TopKAverage().fit([good], y + 5)
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_stack_form_is_chosen_by_cv_and_exports_as_one_linear_layer(k):
+    """The form (full logistic stack or per-member log-linear pool) with the lower CV
+    log-loss is the one fitted; the pool exports as one layer on the concatenated
+    log-probabilities, binary layout included."""
+    from ensembles import LogProbaStack
+    from ensembles._utils import full_logits, softmax
+    from ensembles.level1 import _fit_pool
+
+    rng = np.random.default_rng(4)
+    n = 12 * k
+    y = np.arange(n) % k
+
+    def member(q):
+        z = rng.normal(size=(n, k)) * 1.5
+        z[np.arange(n), y] += q
+        return np.exp(z) / np.exp(z).sum(1, keepdims=True)
+
+    P = [member(q) for q in (1.0, 1.5, 2.0, 2.5)]
+    stack = LogProbaStack(Cs=4, cv=3).fit(P, y)
+    assert set(stack.cv_log_loss_) == {"full", "pool"}
+    assert stack.form_ == min(stack.cv_log_loss_, key=stack.cv_log_loss_.get)
+    L = np.log(np.clip(np.stack(P), stack.log_eps, 1.0))
+    theta = _fit_pool(L, y, 0.01)
+    coef, b = LogProbaStack._pool_layer(theta, len(P), k)
+    Z = np.concatenate(list(L), axis=1)
+    np.testing.assert_allclose(softmax(full_logits(Z, coef, b)),
+                               LogProbaStack._pool_proba(theta, L), atol=1e-12)
+
+
+def test_temperature_sharpens_at_most_twice():
+    """A member with no mistake on the fit rows would be driven to one-hot (T -> 0); the
+    search stops at T = 1/2. An over-confident member is softened."""
+    from ensembles import fit_temperature
+
+    y = np.arange(30) % 3
+    p = np.full((30, 3), 0.2)
+    p[np.arange(30), y] = 0.6
+    assert fit_temperature(p, y) == pytest.approx(0.5, abs=1e-3)
+    q = np.full((30, 3), 0.005)
+    q[np.arange(30), (y + (np.arange(30) % 4 == 0)) % 3] = 0.99  # a quarter confidently wrong
+    assert fit_temperature(q, y) > 2.0

@@ -52,21 +52,30 @@ def test_leaderboard_has_every_kind_present_and_consistent_scores(zoo):
     kinds = {r["kind"] for r in rows}
     assert kinds == {"scratch", "frozen", "ensemble"}
     names = [r["name"] for r in rows]
-    assert any(n.startswith("greedy selection") for n in names)
-    assert any(n.startswith("stack of") for n in names)
-    assert any(n.startswith("average of") for n in names)
-    # Ranked by test log-loss; the best row has no gap, the others an interval around theirs.
-    ll = [r["log_loss"] for r in rows]
-    assert ll == sorted(ll)
-    assert rows[0]["vs_best"] is None
+    assert any(n.startswith("greedy selection of all 2") for n in names)
+    assert any(n.startswith("stack of all 2") for n in names)
+    assert any(n.startswith("top-") and "average of all 2" in n for n in names)
+    # Ranked by validation log-loss, every row on the same (validation) rows; the recommended
+    # row has no gap, the others a paired test interval around theirs.
+    val = [r["val_log_loss"] for r in rows]
+    assert val == sorted(val) and {r["val_rows"] for r in rows} == {9}
+    assert [r["recommended"] for r in rows] == [True] + [False] * (len(rows) - 1)
+    assert rows[0]["vs_recommended"] is None
     for r in rows[1:]:
-        vb = r["vs_best"]
+        vb = r["vs_recommended"]
         assert vb["lo"] <= vb["diff"] <= vb["hi"]
         assert vb["diff"] == pytest.approx(r["log_loss"] - rows[0]["log_loss"], abs=1e-9)
+    head = next(r for r in rows if r["source"]["type"] == "head")
+    assert head["val_rows_own"] == 72 and head["val_source"] == "out-of-fold"
     md = path.read_text()
-    for col in ("test acc", "log-loss", "vs best [95% CI]", "ECE", "ms/img", "size MB"):
+    for col in ("val log-loss", "test acc", "test log-loss", "vs recommended [95% CI]", "ECE",
+                "ms/img", "size MB", "★"):
         assert col in md
-    assert "fit on validation predictions" in md
+    assert "fit on 9 validation rows" in md
+    board = json.loads((out / "zoo.json").read_text())
+    assert board["level1"]["networks"].startswith("validation predictions only")
+    assert json.loads((out / "best" / "predictor.json").read_text())["name"] == rows[0]["name"]
+    assert "val_log_loss" in (out / "leaderboard.csv").read_text().splitlines()[0]
     assert "Near-duplicate pairs" in md
     assert (out / "leaderboard.csv").read_text().count("\n") == len(rows) + 1
     html = (out / "leaderboard.html").read_text()

@@ -25,22 +25,42 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-COLUMNS = ("rank", "method", "kind", "test acc", "top-5", "log-loss", "vs best [95% CI]", "ECE",
-           "fit time", "img/s", "ms/img", "params", "size MB")
+COLUMNS = ("rank", "method", "kind", "val log-loss", "val rows", "test acc", "top-5",
+           "test log-loss", "vs recommended [95% CI]", "ECE", "fit time", "img/s", "ms/img",
+           "params", "size MB")
+CSV_COLUMNS = ("rank", "recommended", "method", "kind", "val_log_loss", "val_rows",
+               "val_source", "test_accuracy", "top5_accuracy", "log_loss",
+               "log_loss_vs_recommended", "vs_recommended_lo", "vs_recommended_hi", "ece",
+               "fit_s", "img_per_s", "ms_per_image", "params", "size_mb", "note")
+
+
+def _vs(r: dict) -> dict | None:
+    """A row's paired test log-loss difference to the recommended row (None: it is it)."""
+    return r.get("vs_recommended", r.get("vs_best"))  # vs_best: boards before val ranking
 
 
 def _cells(r: dict) -> list[str]:
-    vb = r.get("vs_best")
-    return [str(r["rank"]), r["name"] + (f" ({r['note']})" if r.get("note") else ""), r["kind"],
+    vb = _vs(r)
+    val = r.get("val_log_loss")
+    return [str(r["rank"]) + (" ★" if r.get("recommended") else ""),
+            r["name"] + (f" ({r['note']})" if r.get("note") else ""), r["kind"],
+            "" if val is None else f"{val:.4f}",
+            "" if val is None else f"{r['val_rows']} {_SOURCE.get(r['val_source'], '')}".strip(),
             f"{100 * r['accuracy']:.2f}%",
             "" if r["top5_accuracy"] is None else f"{100 * r['top5_accuracy']:.2f}%",
             f"{r['log_loss']:.4f}",
-            "best" if vb is None else f"{vb['diff']:+.4f} [{vb['lo']:+.4f}, {vb['hi']:+.4f}]",
+            "recommended" if vb is None else
+            f"{vb['diff']:+.4f} [{vb['lo']:+.4f}, {vb['hi']:+.4f}]",
             f"{r['ece']:.4f}", fmt_s(r["fit_s"]),
             "" if r["img_per_s"] is None else f"{r['img_per_s']:.1f}",
             "" if r["ms_per_image"] is None else f"{r['ms_per_image']:.2f}",
             "" if r["params"] is None else f"{r['params'] / 1e6:.2f}M",
             "" if r["size_mb"] is None else f"{r['size_mb']:.1f}"]
+
+
+_SOURCE = {"out-of-fold": "oof", "validation": "val",
+           "cross-fit on out-of-fold rows": "oof, cross-fit",
+           "cross-fit on validation rows": "val, cross-fit"}
 
 
 def _intro(board: dict) -> str:
@@ -49,10 +69,15 @@ def _intro(board: dict) -> str:
     return (f"Data `{board['dataset']}`: {len(board['classes'])} classes, train/val/test "
             f"{s['train']}/{s['val']}/{s['test']} (one split for every row). Preset "
             f"{board['preset']}, budget {fmt_s(board['budget_s'])}, wall time "
-            f"{fmt_s(board.get('wall_s'))}. Ranked by test log-loss; vs best: log-loss minus "
-            f"the best row's with a 95% paired bootstrap interval over the test images (an "
-            f"interval containing 0 is within the split's noise). Ensembles are fit on "
-            f"validation predictions. ECE: 15 bins. img/s and ms/img: measured inference "
+            f"{fmt_s(board.get('wall_s'))}. Chosen on validation, reported on test: rows are "
+            f"ranked by validation log-loss (heads: out-of-fold over train+val; networks: the "
+            f"validation split; ensembles: their combiner's own out-of-fold predictions over "
+            f"the rows it was fit on); ★ marks the recommended row (the lowest), which best/ "
+            f"exports. The test columns are the unbiased report; vs recommended: test "
+            f"log-loss minus the recommended row's, with a 95% paired bootstrap interval over "
+            f"the test images (an interval containing 0 is within the split's noise). "
+            f"Ensembles are fit only on predictions their members made for rows they were not "
+            f"trained on (docs/zoo.md). ECE: 15 bins. img/s and ms/img: measured inference "
             f"(networks: test batches; frozen heads: feature extraction; ensembles: the "
             f"pipelines they run, one after the other). Size: weights (heads: fp32 backbone + "
             f"head). Near-duplicate pairs (pHash) between test and train: "
@@ -64,6 +89,11 @@ def leaderboard_markdown(board: dict) -> str:
     L = ["# Zoo leaderboard", "", _intro(board), "",
          "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     L += ["| " + " | ".join(_cells(r)) + " |" for r in board["rows"]]
+    rec = next((r for r in board["rows"] if r.get("recommended")), None)
+    if rec is not None:
+        L += ["", f"Recommended (lowest validation log-loss, exported to `best/`): "
+                  f"**{rec['name']}**, validation {rec['val_log_loss']:.4f}, test "
+                  f"{rec['log_loss']:.4f}."]
     if board["skipped"]:
         L += ["", "Skipped:", ""] + [f"- {s['name']} ({s['kind']}): {s['reason']}"
                                      for s in board["skipped"]]
@@ -152,15 +182,14 @@ def write_leaderboard(out: Path, board: dict) -> Path:
     write_pareto(board["rows"], out / "leaderboard_pareto.png")
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["rank", "method", "kind", "test_accuracy", "top5_accuracy", "log_loss",
-                "log_loss_vs_best", "vs_best_lo", "vs_best_hi", "ece", "fit_s", "img_per_s",
-                "ms_per_image", "params", "size_mb", "note"])
+    w.writerow(CSV_COLUMNS)
     for r in board["rows"]:
-        vb = r.get("vs_best") or {}
-        w.writerow([r["rank"], r["name"], r["kind"], r["accuracy"], r["top5_accuracy"],
-                    r["log_loss"], vb.get("diff", 0.0), vb.get("lo", ""), vb.get("hi", ""),
-                    r["ece"], r["fit_s"], r["img_per_s"], r["ms_per_image"], r["params"],
-                    r["size_mb"], r["note"]])
+        vb = _vs(r) or {}
+        w.writerow([r["rank"], int(bool(r.get("recommended"))), r["name"], r["kind"],
+                    r.get("val_log_loss"), r.get("val_rows"), r.get("val_source"),
+                    r["accuracy"], r["top5_accuracy"], r["log_loss"], vb.get("diff", 0.0),
+                    vb.get("lo", ""), vb.get("hi", ""), r["ece"], r["fit_s"], r["img_per_s"],
+                    r["ms_per_image"], r["params"], r["size_mb"], r["note"]])
     bio.write_text(out / "leaderboard.csv", buf.getvalue())
     bio.write_text(out / "leaderboard.html", leaderboard_html(board["rows"], board))
     bio.write_json(out / "zoo.json", board)
@@ -178,10 +207,11 @@ def load_board(out) -> dict:
 
 
 def find_row(board: dict, name: str) -> dict:
-    """The leaderboard row called ``name`` (or its slug, or 'best')."""
+    """The leaderboard row called ``name`` (or its slug, or 'best': the recommended row, the
+    lowest validation log-loss)."""
     rows = board["rows"]
     if name == "best":
-        return rows[0]
+        return next((r for r in rows if r.get("recommended")), rows[0])
     for r in rows:
         if r["name"] == name or slug(r["name"]) == slug(name):
             return r

@@ -8,15 +8,25 @@ network and every feature head sees the same train / val / test rows; checked):
   grid's best (``small_cnn`` depth 5 width 128) at the data's resolution (32..64 px), each an
   ordinary resumable ``bench.train.train`` run;
 * frozen: pooled features of every pretrained backbone available (EfficientNet-Lite0/1/2,
-  and the Keras ImageNet backbones whose files are present) with a logistic head each (fit
-  on the training split), plus a head on their concatenation;
+  and the Keras ImageNet backbones whose files are present) with a logistic head each, plus
+  a head on their concatenation (and one on all the backbones extracted, when the planned
+  concatenation ran before the last of them). Each head is cross-fit with k folds over
+  train+val (every labelled image gets an out-of-fold probability), then refit on all of
+  them for the test split and export (AutoGluon's ``refit_full``);
 * fine-tuned: the most promising EfficientNet-Lite backbone (lowest validation log-loss of
   the frozen heads run by then; in the priority order below that is Lite0's, the cheapest)
   trained with a dense head on the frozen backbone, then from there its last two stages, and
   all of it (reports 003/004);
-* ensembles of all of these, fit on validation predictions: the average, a stack (logistic
-  head on the members' validation log-probabilities) and greedy ensemble selection
-  (Caruana et al. 2004, with replacement; ``ensembles.GreedyEnsembleSelection``).
+* ensembles (``bench.suites.zoo_ensembles``), fit only on predictions their members made for
+  images they were not trained on: over the heads, on all their out-of-fold rows; over every
+  member, on the validation rows (the networks have honest predictions there only). Bagged
+  greedy selection (Caruana et al. 2006) and a top-k average of temperature-scaled members,
+  and a stack (logistic on log-probabilities, L2 by CV).
+
+Chosen on validation, reported on test: every row gets a validation log-loss on the same
+honest rows (ensembles: their combiner's own out-of-fold predictions); the lowest is the
+recommended row, exported to ``OUT/best/``; the test columns are the report, with a paired
+bootstrap interval against the recommended row. docs/zoo.md explains the design.
 
 The budget: after the data are loaded, each candidate is probed: a scratch network's train
 step is compiled and timed for a few steps, and its eval step; a backbone's forward pass is
@@ -34,8 +44,11 @@ with the same command, resumes with the same plan: finished runs and heads are r
 in progress resumes from its last epoch, features are cached.
 
 Writes ``OUT/leaderboard.md``, ``.csv``, ``.html`` (a fragment for ``report.html``),
-``OUT/leaderboard_pareto.png``, ``OUT/zoo.json`` and the best row's exported predictor in
-``OUT/best/`` (``bench predict``, ``bench.load_predictor``).
+``OUT/leaderboard_pareto.png``, ``OUT/zoo.json`` and the recommended row's exported
+predictor in ``OUT/best/`` (``bench predict``, ``bench.load_predictor``). ``run_zoo`` is its
+stages: ``open_run``, ``load_data``, ``plan_stage`` (probe, budget), ``run_candidates`` (a
+kind of candidate is a runner in ``RUNNERS``, a probe in ``PROBES`` and its items in
+``candidates``), ``ensemble_stage`` and ``board_stage``.
 """
 
 from __future__ import annotations
@@ -54,16 +67,32 @@ from runtime.progress import say
 
 from ..report.leaderboard import fmt_s, slug, write_leaderboard
 
-ZOO_VERSION = 1
+ZOO_VERSION = 2  # 2: heads out-of-fold over train+val and refit; level-1 on honest rows
 DEFAULT_BUDGET_S = 20 * 60
 MARGIN = 0.06  # share of the budget kept back for timing noise
 LITE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 KINDS = ("scratch", "frozen", "fine-tuned", "ensemble")
+# How the combiners are fit (recorded in plan.json and zoo.json; docs/zoo.md explains it).
+LEVEL1_DESIGN = {
+    "heads": "k-fold out-of-fold over train+val (the C search's folds, k = head_cv), then "
+             "refit on train+val for test and export",
+    "networks": "validation predictions only (trained on train)",
+    "level1_rows": "per combiner, the labelled rows every member has an honest prediction "
+                   "for: the validation rows once a network is a member; all of train+val for "
+                   "the heads alone (while the best member on validation is a head)",
+    "combiners": "bagged greedy selection (Caruana 2006, sorted init, with replacement) and "
+                 "top-k average on temperature-scaled members; stack on log-probabilities "
+                 "with L2 by CV",
+    "val_log_loss": "every row on the same labelled rows, those all rows have honest "
+                    "predictions for (members: out-of-fold or validation; ensembles: the "
+                    "combiner's own 5-fold out-of-fold predictions over its fit rows)",
+    "recommended": "lowest val_log_loss; exported to best/",
+}
 
 PRESETS = {
     # scratch models: (model, model_args, augment); epochs (min, max) per kind.
     "fast": dict(scratch=(("benchmark_cnn", (), "none"), ("resnet20", (), "flip")),
-                 backbones=LITE[:1], keras=False, scratch_size=(32, 32), feature_size=96,
+                 backbones=LITE[:2], keras=False, scratch_size=(32, 32), feature_size=96,
                  finetune_size=64, scratch_epochs=(2, 10), finetune_epochs=None,
                  finetune_last_k=2, finetune_all=False, head_cv=3, head_cs=4),
     "best": dict(scratch=(("benchmark_cnn", (), "none"), ("resnet20", (), "flip"),
@@ -378,16 +407,76 @@ class Clock:
         return self.budget - self.used()
 
 
+@dataclasses.dataclass
+class Run:
+    """One invocation: its settings, the saved state (``zoo/state.json``) and the clock."""
+
+    out: Path
+    spec: str
+    P: dict
+    preset: str
+    budget: float
+    key: dict
+    st: dict
+    clock: Clock
+    seed: int = 0
+    quiet: bool = False
+    force: bool = False
+    cache_dir: str | None = None
+    devices: int | None = None
+    max_per_class: int | None = None
+
+    @property
+    def zdir(self) -> Path:
+        return self.out / "zoo"
+
+    def save(self) -> None:
+        """Write the state (decisions, stages, seconds spent) atomically."""
+        self.st["spent_s"] = self.clock.used()
+        bio.write_json(self.zdir / "state.json", self.st)
+
+    def progress(self, msg: str) -> None:
+        say(self.quiet, f"[zoo {fmt_s(self.clock.used())} of {fmt_s(self.budget)}, "
+                        f"{fmt_s(self.clock.left())} left] {msg}")
+
+
+@dataclasses.dataclass
+class Data:
+    """The one split at each size, and its counts."""
+
+    ds: dict
+    sizes: dict
+    n: dict
+    num_classes: int
+
+    @property
+    def first(self):
+        return self.ds[self.sizes["scratch"]]
+
+
 def run_zoo(*, out, quiet: bool = False, force: bool = False, cache_dir=None, seed: int = 0,
             devices: int | None = None, dataset: str | None = None, time_budget=None,
             preset: str | dict | None = None, max_per_class: int | None = None) -> Path:
     """Run the zoo suite into ``out``; returns the leaderboard's path.
 
     ``preset``: ``'fast'``, ``'best'`` or a dict overriding the fast preset's keys (a custom
-    candidate set; tests use a tiny one).
+    candidate set; tests use a tiny one). The stages: ``open_run``, ``load_data``,
+    ``plan_stage`` (probe, budget), ``run_candidates``, ``ensemble_stage``, ``board_stage``.
     """
-    from bench.data import load_dataset, peek_image_size
+    run = open_run(out=out, quiet=quiet, force=force, cache_dir=cache_dir, seed=seed,
+                   devices=devices, dataset=dataset, time_budget=time_budget, preset=preset,
+                   max_per_class=max_per_class)
+    data = load_data(run)
+    plan = plan_stage(run, data)
+    rows = run_candidates(run, data, plan)
+    t0 = time.perf_counter()
+    ens = ensemble_stage(run, rows)
+    return board_stage(run, data, plan, list(rows.values()) + ens, t0)
 
+
+def open_run(*, out, quiet, force, cache_dir, seed, devices, dataset, time_budget, preset,
+             max_per_class) -> Run:
+    """Resolve the preset and budget, and load the saved state when it is this run's."""
     if not dataset:
         raise ValueError("--suite zoo needs --dataset (a folder or .zip of images, 'digits' or "
                          "tfds:NAME)")
@@ -399,229 +488,301 @@ def run_zoo(*, out, quiet: bool = False, force: bool = False, cache_dir=None, se
     else:
         raise ValueError(f"--preset {preset!r}: expected one of {', '.join(PRESETS)}")
     budget = parse_budget(time_budget if time_budget is not None else DEFAULT_BUDGET_S)
-    out = Path(out)
-    zdir = out / "zoo"
-    spec = str(dataset)
+    out, spec = Path(out), str(dataset)
     key = {"version": ZOO_VERSION, "dataset": spec, "budget_s": budget, "preset": preset,
            "seed": seed, "max_per_class": max_per_class,
            "candidates": json.dumps(P, sort_keys=True, default=str)}
-    state_path, plan_path = zdir / "state.json", zdir / "plan.json"
+    state_path = out / "zoo" / "state.json"
     st = bio.read_json(state_path) if state_path.exists() and not force else {}
     if st.get("key") != key:
         st = {"key": key, "spent_s": 0.0, "stages": {}, "decisions": {}}
-    clock = Clock(budget, st["spent_s"])
+    return Run(out=out, spec=spec, P=P, preset=preset, budget=budget, key=key, st=st,
+               clock=Clock(budget, st["spent_s"]), seed=seed, quiet=quiet, force=force,
+               cache_dir=cache_dir, devices=devices, max_per_class=max_per_class)
 
-    def save_state():
-        st["spent_s"] = clock.used()
-        bio.write_json(state_path, st)
 
-    def progress(msg: str):
-        say(quiet, f"[zoo {fmt_s(clock.used())} of {fmt_s(budget)}, "
-                   f"{fmt_s(clock.left())} left] {msg}")
+def load_data(run: Run) -> Data:
+    """Load the one split at the scratch, feature and fine-tuning sizes; check they agree."""
+    from bench.data import load_dataset, peek_image_size
 
-    # -- data: one split, at the three sizes ---------------------------------------------------
     t0 = time.perf_counter()
-    native = peek_image_size(spec) or 32
-    lo, hi = P["scratch_size"]
+    native = peek_image_size(run.spec) or 32
+    lo, hi = run.P["scratch_size"]
     S = int(min(hi, max(lo, native)))
-    F = int(min(P["feature_size"], max(min(64, P["feature_size"]), native)))
-    T = int(min(P["finetune_size"], F))
+    F = int(min(run.P["feature_size"], max(min(64, run.P["feature_size"]), native)))
+    T = int(min(run.P["finetune_size"], F))
     sizes = {"scratch": S, "feature": F, "finetune": T}
-    progress(f"stage data: {spec} at {S} px (scratch), {F} px (features), {T} px "
-             f"(fine-tuning); preset {preset}")
-    ds = {}
-    for s in sorted(set(sizes.values())):
-        ds[s] = load_dataset(
-            spec, s, cache_dir=cache_dir, seed=seed, progress=not quiet,
-            max_per_class=max_per_class)
+    run.progress(f"stage data: {run.spec} at {S} px (scratch), {F} px (features), {T} px "
+                 f"(fine-tuning); preset {run.preset}")
+    ds = {s: load_dataset(run.spec, s, cache_dir=run.cache_dir, seed=run.seed,
+                          progress=not run.quiet, max_per_class=run.max_per_class)
+          for s in sorted(set(sizes.values()))}
     first = ds[S]
     for s, d in ds.items():
         if d.fingerprint != first.fingerprint or any(
                 not np.array_equal(d.splits[k].labels, first.splits[k].labels)
                 for k in ("train", "val", "test")):
-            raise ValueError(f"{spec}: the split at {s} px differs from the one at {S} px")
-    num_classes = len(first.classes)
+            raise ValueError(f"{run.spec}: the split at {s} px differs from the one at {S} px")
     n = {k: len(first.splits[k].labels) for k in ("train", "val", "test")}
     if min(n.values()) == 0:
-        raise ValueError(f"--dataset {spec}: the zoo needs train, val and test images; got "
+        raise ValueError(f"--dataset {run.spec}: the zoo needs train, val and test images; got "
                          f"train/val/test {n['train']}/{n['val']}/{n['test']}")
-    if "near_duplicates" not in st:
+    if "near_duplicates" not in run.st:
         from bench.inspect import cross_split_near_duplicates
 
         pairs = cross_split_near_duplicates(first)
-        st["near_duplicates"] = {
+        run.st["near_duplicates"] = {
             f"{a}-{b}": sum(1 for p in pairs if {p.split_a, p.split_b} == {a, b})
             for a, b in (("train", "val"), ("train", "test"), ("val", "test"))}
-    _record_stage(st, "data", None, time.perf_counter() - t0)
-    save_state()
+    _record_stage(run.st, "data", None, time.perf_counter() - t0)
+    run.save()
+    return Data(ds=ds, sizes=sizes, n=n, num_classes=len(first.classes))
 
-    # -- probe and plan ---------------------------------------------------------------------
-    if plan_path.exists() and not force and bio.read_json(plan_path).get("key") == key:
+
+def plan_stage(run: Run, data: Data) -> dict:
+    """Probe every candidate and plan the budget (or reuse the saved plan of this run)."""
+    plan_path = run.zdir / "plan.json"
+    if plan_path.exists() and not run.force and bio.read_json(plan_path).get("key") == run.key:
         plan = bio.read_json(plan_path)
-        progress(f"plan: reusing {plan_path} (made {plan['made']})")
+        run.progress(f"plan: reusing {plan_path} (made {plan['made']})")
     else:
         t0 = time.perf_counter()
-        order, skipped = candidates(P, num_classes, sizes)
-        probes = {}
+        order, skipped = candidates(run.P, data.num_classes, data.sizes)
+        probes: dict = {}
         for it in order:
-            if it.type == "concat":
-                continue
             pkey = _probe_key(it)
-            if pkey in probes:
-                continue
-            progress(f"stage probe: {pkey}")
-            try:
-                if it.type == "head":
-                    probes[pkey] = probe_features(it.model, it.size)
-                elif it.model == "auto":
-                    # Compiling an EfficientNet train step takes a minute on a busy 2-core
-                    # CPU: its forward pass is probed and the training step scaled from it.
-                    fkey = f"features:{LITE[0]}@{it.size}"
-                    if fkey not in probes:
-                        probes[fkey] = probe_features(LITE[0], it.size)
-                    if "build_s_random" not in probes[fkey]:
-                        probes[fkey]["build_s_random"] = probe_build(LITE[0])
-                    probes[pkey] = finetune_probe(probes[fkey], it.freeze)
-                else:
-                    name = LITE[0] if it.model == "auto" else it.model
-                    cfg = train_config(it, spec, seed, max_per_class, 1, backbone=name)
-                    if it.freeze and it.freeze.startswith("last"):
-                        cfg = cfg.replace(freeze=_stage_freeze(name, num_classes, it.freeze))
-                    probes[pkey] = probe_train(cfg, num_classes)
-            except Exception as e:  # a candidate that cannot even be built is skipped
-                probes[pkey] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
-        plan = make_plan(order, skipped, probes, n, num_classes,
-                         available=clock.left() - budget * MARGIN - final_estimate(n, order),
-                         head_work=(P["head_cv"] + 1) * P["head_cs"] / 36)
-        plan.update(key=key, sizes=sizes, made=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    probe_s=time.perf_counter() - t0, probes=probes)
+            if it.type in PROBES and pkey not in probes:
+                run.progress(f"stage probe: {pkey}")
+                try:
+                    PROBES[it.type](run, it, data, probes)
+                except Exception as e:  # a candidate that cannot even be built is skipped
+                    probes[pkey] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
+        plan = make_plan(order, skipped, probes, data.n, data.num_classes,
+                         available=run.clock.left() - run.budget * MARGIN
+                         - final_estimate(data.n, order, data.num_classes),
+                         head_work=(run.P["head_cv"] + 1) * run.P["head_cs"] / 36)
+        plan.update(key=run.key, sizes=data.sizes, made=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    probe_s=time.perf_counter() - t0, probes=probes, level1=LEVEL1_DESIGN)
         bio.write_json(plan_path, plan)
-        _record_stage(st, "probe", None, time.perf_counter() - t0)
-        save_state()
-    _print_plan(plan, progress)
+        _record_stage(run.st, "probe", None, time.perf_counter() - t0)
+        run.save()
+    _print_plan(plan, run.progress)
+    return plan
 
-    # -- the stages -------------------------------------------------------------------------
+
+def _probe_head(run: Run, it: Item, data: Data, probes: dict) -> None:
+    """A backbone's feature extraction: its forward pass compiled and timed."""
+    probes[_probe_key(it)] = probe_features(it.model, it.size)
+
+
+def _probe_training(run: Run, it: Item, data: Data, probes: dict) -> None:
+    """A training run's steps: measured (scratch), or scaled from Lite0's forward pass
+    (fine-tuning: compiling an EfficientNet train step takes a minute on a busy 2-core CPU)."""
+    if it.model == "auto":
+        fkey = f"features:{LITE[0]}@{it.size}"
+        if fkey not in probes:
+            probes[fkey] = probe_features(LITE[0], it.size)
+        if "build_s_random" not in probes[fkey]:
+            probes[fkey]["build_s_random"] = probe_build(LITE[0])
+        probes[_probe_key(it)] = finetune_probe(probes[fkey], it.freeze)
+        return
+    cfg = train_config(it, run.spec, run.seed, run.max_per_class, 1, backbone=it.model)
+    if it.freeze and it.freeze.startswith("last"):
+        cfg = cfg.replace(freeze=_stage_freeze(it.model, data.num_classes, it.freeze))
+    probes[_probe_key(it)] = probe_train(cfg, data.num_classes)
+
+
+def run_candidates(run: Run, data: Data, plan: dict) -> dict[str, dict]:
+    """Each planned (then reserve) candidate in order, its epochs fitted to the time left;
+    returns the member rows by item name."""
     rows: dict[str, dict] = {}
-    done_est, done_act = 0.0, 0.0
-    from ensembles import log_loss as _ll
+    track = {"est": 0.0, "act": 0.0}
     items = [Item(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
              for d in plan["items"] + plan.get("reserve", [])]
-    backbone_choice = st["decisions"].get("backbone")
-    final_s = final_estimate(n, items)
+    final_s = final_estimate(data.n, items, data.num_classes)
     for i, it in enumerate(items):
-        dec = st["decisions"].get(it.name)
+        dec = run.st["decisions"].get(it.name)
         if dec and dec.get("skipped"):
             continue
-        if it.after and it.after not in rows:
-            _skip(st, it, f"needs '{label(it.after, backbone=backbone_choice)}', "
-                          f"which did not run", save_state)
+        it = _resolve(run, it, rows)
+        if it is None:
             continue
-        if it.model == "auto" and backbone_choice is None:
-            heads = [r for r in rows.values() if r["kind"] == "frozen" and r.get("backbones")
-                     and len(r["backbones"]) == 1 and r["backbones"][0] in LITE]
-            if not heads:
-                _skip(st, it, "no frozen EfficientNet-Lite head to choose a backbone from",
-                      save_state)
-                continue
-            best = min(heads, key=lambda r: r["val_log_loss"])
-            backbone_choice = best["backbones"][0]
-            st["decisions"]["backbone"] = backbone_choice
-            progress(f"fine-tuning {backbone_choice}: its frozen head has the lowest "
-                     f"validation log-loss ({best['val_log_loss']:.4f})")
-        if it.type == "concat":
-            done_heads = [r["backbones"][0] for r in rows.values()
-                          if r["source"]["type"] == "head" and len(r["backbones"]) == 1]
-            if len(done_heads) < 2:
-                _skip(st, it, "fewer than 2 backbones' features ran", save_state)
-                continue
-            it = dataclasses.replace(it, backbones=tuple(done_heads))
-        est = it_est = plan["estimates"].get(it.name) or estimate(
-            it, plan["probes"].get(_probe_key(it), {}), n, it.epochs[0], num_classes)
-        epochs = plan["epochs"].get(it.name, it.epochs[0])
-        if dec and "epochs" in dec:  # started before: keep what was decided
-            epochs = dec["epochs"]
-        else:
-            ratio = min(3.0, max(0.5, done_act / done_est)) if done_est > 30 else 1.0
-            left = clock.left() - budget * MARGIN / 2 - final_s
-            probe = plan["probes"].get(_probe_key(it), {})
-            scale = _backbone_scale(plan, it, backbone_choice)
-            est = it_est * ratio * scale
-            if est > left and it.type == "train":
-                while epochs > it.epochs[0] and est > left:
-                    epochs -= 1
-                    est = estimate(it, probe, n, epochs, num_classes) * ratio * scale
-            # Ahead of the plan: a share of the spare time buys this run more epochs.
-            later = [x for x in items[i + 1:]
-                     if not st["decisions"].get(x.name, {}).get("skipped")]
-            ahead = left - est - ratio * sum(plan["estimates"].get(x.name, 0.0) for x in later)
-            share = ahead / max(1, 1 + sum(1 for x in later if x.type == "train"
-                                           or x.name not in plan["epochs"]))
-            base = est
-            while it.type == "train" and epochs < it.epochs[1] and share > 0:
-                nxt = estimate(it, probe, n, epochs + 1, num_classes) * ratio * scale
-                if nxt - base > share:
-                    break
-                epochs, est = epochs + 1, nxt
-            if est > left:
-                _skip(st, it, f"budget: needs ~{fmt_s(est)}, {fmt_s(max(left, 0))} left",
-                      save_state)
-                progress(f"skip {label(it.name, backbone=backbone_choice)}: needs "
-                         f"~{fmt_s(est)}, {fmt_s(max(left, 0))} left")
-                continue
-            st["decisions"][it.name] = {"epochs": epochs, "estimate_s": est,
-                                        "raw_s": est / (ratio * scale)}
-            save_state()
-        name = label(it.name, backbone=backbone_choice, backbones=",".join(
-            b.replace("efficientnet_", "") for b in it.backbones))
+        epochs, est = _choose_epochs(run, data, plan, items, i, it, track, final_s)
+        if epochs is None:
+            continue
+        bb = run.st["decisions"].get("backbone")
+        name = label(it.name, backbone=bb, backbones=_short(it.backbones))
         eta = sum(plan["estimates"].get(x.name, 0.0) for x in items[i:]
                   if x.name in plan["epochs"]
-                  and not st["decisions"].get(x.name, {}).get("skipped")) + final_s
-        progress(f"stage {i + 1}/{len(items)} {name} ({it.kind}"
-                 + (f", {epochs} epochs" if it.type == "train" else "")
-                 + f"): estimate {fmt_s(est)}; ETA all {fmt_s(eta)}")
+                  and not run.st["decisions"].get(x.name, {}).get("skipped")) + final_s
+        run.progress(f"stage {i + 1}/{len(items)} {name} ({it.kind}"
+                     + (f", {epochs} epochs" if it.type == "train" else "")
+                     + f"): estimate {fmt_s(est)}; ETA all {fmt_s(eta)}")
         t0 = time.perf_counter()
-        if it.type == "train":
-            row = _run_train(it, spec, seed, max_per_class, epochs, backbone_choice, ds[it.size],
-                             out, rows, num_classes, quiet, force, devices, cache_dir)
-        else:
-            row = _run_head(it, ds[it.size], out, seed, quiet, force,
-                            cv=P["head_cv"], cs=P["head_cs"])
-        row["name"] = name
-        row["val_log_loss"] = _ll(row["y_val"], row["val"])
-        rows[it.name] = row
+        rows[it.name] = _member(RUNNERS[it.type](run, it, data, rows, epochs, bb), name)
         took = time.perf_counter() - t0
-        done_est += st["decisions"][it.name].get("raw_s", st["decisions"][it.name]["estimate_s"])
-        done_act += took
-        _record_stage(st, name, st["decisions"][it.name]["estimate_s"], took)
-        save_state()
+        d = run.st["decisions"][it.name]
+        track["est"] += d.get("raw_s", d["estimate_s"])
+        track["act"] += took
+        _record_stage(run.st, name, d["estimate_s"], took)
+        run.save()
+    _concat_all(run, data, rows)
+    return rows
 
-    # -- ensembles, leaderboard, export -----------------------------------------------------
+
+def _short(backbones) -> str:
+    return ",".join(b.replace("efficientnet_", "") for b in backbones)
+
+
+def _member(row: dict, name: str) -> dict:
+    """A runner's row with its name and its validation score: log-loss over the rows it has
+    honest (out-of-fold or validation) predictions for."""
+    from ensembles import log_loss
+
+    row["name"] = name
+    row["val_log_loss"] = log_loss(row["y_oof"], row["oof"])
+    row["val_rows"] = len(row["oof_ids"])
+    return row
+
+
+def _resolve(run: Run, it: Item, rows: dict) -> Item | None:
+    """``it`` ready to run (the fine-tuning backbone chosen, a concat's backbones filled in),
+    or None when what it needs did not run (recorded as skipped)."""
+    dec = run.st["decisions"]
+    if it.after and it.after not in rows:
+        _skip(run.st, it, f"needs '{label(it.after, backbone=dec.get('backbone'))}', "
+                          f"which did not run", run.save)
+        return None
+    if it.model == "auto" and dec.get("backbone") is None:
+        heads = [r for r in rows.values() if r["kind"] == "frozen" and r.get("backbones")
+                 and len(r["backbones"]) == 1 and r["backbones"][0] in LITE]
+        if not heads:
+            _skip(run.st, it, "no frozen EfficientNet-Lite head to choose a backbone from",
+                  run.save)
+            return None
+        best = min(heads, key=lambda r: r["val_log_loss"])
+        dec["backbone"] = best["backbones"][0]
+        run.progress(f"fine-tuning {dec['backbone']}: its frozen head has the lowest "
+                     f"validation log-loss ({best['val_log_loss']:.4f})")
+    if it.type == "concat":
+        done = _single_heads(rows)
+        if len(done) < 2:
+            _skip(run.st, it, "fewer than 2 backbones' features ran", run.save)
+            return None
+        it = dataclasses.replace(it, backbones=tuple(done))
+    return it
+
+
+def _single_heads(rows: dict) -> list[str]:
+    return [r["backbones"][0] for r in rows.values()
+            if r["source"]["type"] == "head" and len(r["backbones"]) == 1]
+
+
+def _choose_epochs(run: Run, data: Data, plan: dict, items: list, i: int, it: Item,
+                   track: dict, final_s: float) -> tuple[int | None, float]:
+    """Epochs for ``it`` from its estimate, scaled by how far the finished stages' were off,
+    and the time left (fewer, or more from spare time); (None, est) when it is skipped."""
+    n, st = data.n, run.st
+    est = it_est = plan["estimates"].get(it.name) or estimate(
+        it, plan["probes"].get(_probe_key(it), {}), n, it.epochs[0], data.num_classes)
+    epochs = plan["epochs"].get(it.name, it.epochs[0])
+    dec = st["decisions"].get(it.name)
+    if dec and "epochs" in dec:  # started before: keep what was decided
+        return dec["epochs"], dec["estimate_s"]
+    ratio = min(3.0, max(0.5, track["act"] / track["est"])) if track["est"] > 30 else 1.0
+    left = run.clock.left() - run.budget * MARGIN / 2 - final_s
+    probe = plan["probes"].get(_probe_key(it), {})
+    scale = _backbone_scale(plan, it, st["decisions"].get("backbone"))
+    est = it_est * ratio * scale
+
+    def cost(e):
+        return estimate(it, probe, n, e, data.num_classes) * ratio * scale
+
+    if est > left and it.type == "train":
+        while epochs > it.epochs[0] and est > left:
+            epochs -= 1
+            est = cost(epochs)
+    # Ahead of the plan: a share of the spare time buys this run more epochs.
+    later = [x for x in items[i + 1:] if not st["decisions"].get(x.name, {}).get("skipped")]
+    ahead = left - est - ratio * sum(plan["estimates"].get(x.name, 0.0) for x in later)
+    share = ahead / max(1, 1 + sum(1 for x in later if x.type == "train"
+                                   or x.name not in plan["epochs"]))
+    base = est
+    while it.type == "train" and epochs < it.epochs[1] and share > 0:
+        nxt = cost(epochs + 1)
+        if nxt - base > share:
+            break
+        epochs, est = epochs + 1, nxt
+    if est > left:
+        _skip(st, it, f"budget: needs ~{fmt_s(est)}, {fmt_s(max(left, 0))} left", run.save)
+        run.progress(f"skip {label(it.name, backbone=st['decisions'].get('backbone'))}: "
+                     f"needs ~{fmt_s(est)}, {fmt_s(max(left, 0))} left")
+        return None, est
+    st["decisions"][it.name] = {"epochs": epochs, "estimate_s": est,
+                                "raw_s": est / (ratio * scale)}
+    run.save()
+    return epochs, est
+
+
+def _concat_all(run: Run, data: Data, rows: dict) -> None:
+    """A head on the concatenation of every backbone extracted, when no concat row has them
+    all (the planned concat runs with the backbones done by its turn): features are cached,
+    so it costs a head fit."""
+    done = _single_heads(rows)
+    if len(done) < 2 or any(r["source"]["type"] == "head" and set(r["backbones"]) == set(done)
+                            for r in rows.values()):
+        return
+    it = Item("concat(all {backbones}) features + logistic head", "frozen", "concat",
+              size=data.sizes["feature"], backbones=tuple(done))
+    est = estimate(it, {"dim": 1280 * len(done)}, data.n, 0, data.num_classes,
+                   (run.P["head_cv"] + 1) * run.P["head_cs"] / 36)
+    left = run.clock.left() - run.budget * MARGIN / 2
+    fitted = all(p.exists() for p in _head_paths(run, it))  # reused whatever the time left
+    if it.name not in run.st["decisions"] and est > left and not fitted:
+        _skip(run.st, it, f"budget: needs ~{fmt_s(est)}, {fmt_s(max(left, 0))} left", run.save)
+    if run.st["decisions"].get(it.name, {}).get("skipped"):
+        return
+    run.st["decisions"][it.name] = {"estimate_s": est}
     t0 = time.perf_counter()
-    progress("stage ensembles: average, stack, greedy selection (fit on validation "
-             "predictions)")
+    name = label(it.name, backbones=_short(done))
+    rows[it.name] = _member(_run_head(run, it, data, rows, 0, None), name)
+    _record_stage(run.st, name, None, time.perf_counter() - t0)
+    run.save()
+
+
+def ensemble_stage(run: Run, rows: dict) -> list[dict]:
+    """The combiners over the member rows (``bench.suites.zoo_ensembles``)."""
+    from .zoo_ensembles import ensemble_rows
+
     members = list(rows.values())
+    run.progress("stage ensembles: bagged greedy selection, top-k average, stack (fit on "
+                 "out-of-fold rows where every member has them, else validation rows)")
     for r in members:
-        if not np.array_equal(r["y_val"], members[0]["y_val"]) or not np.array_equal(
-                r["y_test"], members[0]["y_test"]):
-            raise ValueError(f"{r['name']}: its validation/test labels are not those of "
+        if not np.array_equal(r["y_test"], members[0]["y_test"]):
+            raise ValueError(f"{r['name']}: its test labels are not those of "
                              f"{members[0]['name']} (the splits differ)")
-    ens = ensemble_rows(members, zdir, seed) if len(members) >= 2 else []
-    all_rows = members + ens
-    board = leaderboard(all_rows, first, st, plan, budget, preset, spec)
-    board["stages"] = st["stages"]
-    board["wall_s"] = clock.used()
-    write_leaderboard(out, board)
+    run.st["ensembles_skipped"] = []
+    return ensemble_rows(members, run.zdir, run.seed, run.st["ensembles_skipped"]) \
+        if len(members) >= 2 else []
+
+
+def board_stage(run: Run, data: Data, plan: dict, rows: list[dict], t0: float) -> Path:
+    """The leaderboard (ranked by validation log-loss) and the recommended row's export."""
     from bench.predict import export
 
-    best = board["rows"][0]
-    export(out, best["name"], out / "best")
-    progress(f"exported the best row ({best['name']}) to {out / 'best'}")
-    _record_stage(st, "ensembles, leaderboard, export", final_s, time.perf_counter() - t0)
-    save_state()
-    board["stages"] = st["stages"]
-    board["wall_s"] = clock.used()
-    path = write_leaderboard(out, board)
-    progress(f"done: {path}")
+    final_s = final_estimate(data.n, plan["items"] + plan.get("reserve", []), data.num_classes)
+    board = leaderboard(rows, data.first, run.st, plan, run.budget, run.preset, run.spec)
+    board["stages"], board["wall_s"] = run.st["stages"], run.clock.used()
+    write_leaderboard(run.out, board)
+    rec = next(r for r in board["rows"] if r["recommended"])
+    export(run.out, rec["name"], run.out / "best")
+    run.progress(f"exported the recommended row ({rec['name']}: lowest validation log-loss "
+                 f"{rec['val_log_loss']:.4f}) to {run.out / 'best'}")
+    _record_stage(run.st, "ensembles, leaderboard, export", final_s, time.perf_counter() - t0)
+    run.save()
+    board["stages"], board["wall_s"] = run.st["stages"], run.clock.used()
+    path = write_leaderboard(run.out, board)
+    run.progress(f"done: {path}")
     return path
 
 
@@ -642,11 +803,18 @@ def _backbone_scale(plan: dict, it: Item, backbone: str | None) -> float:
     return a / b if a and b else 1.0
 
 
-def final_estimate(n: dict, items) -> float:
-    """Ensembles, leaderboard, plot and export: stacking's C search over the validation
-    rows, and writing the best predictor (a backbone's weights at most)."""
-    m = len(items) + 3
-    return 15.0 + 0.02 * m * n["val"] / 100 + 0.3 * m
+def final_estimate(n: dict, items, num_classes: int = 2) -> float:
+    """Ensembles, leaderboard, plot and export: per group, each combiner fit and cross-fit
+    (the stack's two forms' CV paths: about 480 small fits), and writing the recommended
+    predictor (a backbone's weights at most). Measured on the busy 2-core CPU, CIFAR-10
+    subset, 2,000 labelled rows, 5 members, 10 classes: 81 s before the stack's pool fits
+    were held to one BLAS thread; a whole resumed run (data, boards, export) 46 s after."""
+    m = len(items)
+
+    def group(rows):
+        return 480 * (1e-6 * rows * m * max(num_classes, 2) + 0.01)
+
+    return 15.0 + 0.3 * (m + 6) + group(n["train"] + n["val"]) + group(n["val"])
 
 
 def make_plan(order: list[Item], skipped: list[dict], probes: dict, n: dict, num_classes: int,
@@ -721,95 +889,134 @@ def _record_stage(st: dict, name: str, planned, actual: float) -> None:
 
 
 def _skip(st: dict, it: Item, reason: str, save) -> None:
-    st["decisions"][it.name] = {"skipped": True, "reason": reason}
+    st["decisions"][it.name] = {"skipped": True, "reason": reason, "kind": it.kind}
     save()
 
 
+
 # ---------------------------------------------------------------------------------------------
-# Stage runners: each returns a member row with its validation and test probabilities.
+# Stage runners: each returns a member row with its honest predictions on labelled rows
+# (``oof`` at ``oof_ids``: rows numbered train then val, as ``labelled_ids`` does) and its
+# test probabilities. A new kind of candidate is one runner here, one entry in RUNNERS (and
+# PROBES), and its items in ``candidates``.
 
 
-def _run_train(it: Item, spec, seed, max_per_class, epochs, backbone, dataset, out: Path,
-               rows: dict, num_classes: int, quiet, force, devices, cache_dir) -> dict:
+def labelled_ids(n: dict, split: str) -> np.ndarray:
+    """Row numbers of ``split`` among the labelled rows (train first, then val)."""
+    return np.arange(n["train"]) if split == "train" else n["train"] + np.arange(n["val"])
+
+
+def _run_train(run: Run, it: Item, data: Data, rows: dict, epochs: int, backbone) -> dict:
+    """A ``bench.train.train`` run: its validation predictions are its honest rows."""
     from bench.train import finetune_config, train
 
     if it.after:
         parent = rows[it.after]
-        stage1 = train_config(dataclasses.replace(it, freeze="backbone"), spec, seed,
-                              max_per_class, parent["epochs"], backbone)
-        freeze = _stage_freeze(backbone, num_classes, it.freeze)
-        cfg = finetune_config(stage1, {"run_id": parent["run_id"]}, str(out), epochs, None,
+        stage1 = train_config(dataclasses.replace(it, freeze="backbone"), run.spec, run.seed,
+                              run.max_per_class, parent["epochs"], backbone)
+        freeze = _stage_freeze(backbone, data.num_classes, it.freeze)
+        cfg = finetune_config(stage1, {"run_id": parent["run_id"]}, str(run.out), epochs, None,
                               freeze).replace(tag=label(it.name, backbone=backbone))
     else:
-        cfg = train_config(it, spec, seed, max_per_class, epochs, backbone)
-    if devices:
-        cfg = cfg.replace(devices=devices)
-    rec = train(cfg, out, quiet=quiet, force=force, dataset=dataset, cache_dir=cache_dir)
-    rd = out / "runs" / rec["run_id"]
-    val = np.exp(np.load(rd / "val_log_proba.npy").astype(np.float64))
-    test = np.exp(np.load(rd / "test_log_proba.npy").astype(np.float64))
-    ips = rec.get("infer_img_per_s")
-    return {"kind": it.kind, "source": {"type": "run", "run_dir": str(rd.relative_to(out))},
+        cfg = train_config(it, run.spec, run.seed, run.max_per_class, epochs, backbone)
+    if run.devices:
+        cfg = cfg.replace(devices=run.devices)
+    rec = train(cfg, run.out, quiet=run.quiet, force=run.force, dataset=data.ds[it.size],
+                cache_dir=run.cache_dir)
+    rd = run.out / "runs" / rec["run_id"]
+
+    def proba(split):
+        p = np.exp(np.load(rd / f"{split}_log_proba.npy").astype(np.float64))
+        return p / p.sum(1, keepdims=True)
+
+    val, y_val = proba("val"), np.load(rd / "val_labels.npy")
+    return {"kind": it.kind, "source": {"type": "run", "run_dir": str(rd.relative_to(run.out))},
             "run_id": rec["run_id"], "epochs": rec["epochs_completed"],
-            "val": val / val.sum(1, keepdims=True), "test": test / test.sum(1, keepdims=True),
-            "y_val": np.load(rd / "val_labels.npy"), "y_test": np.load(rd / "test_labels.npy"),
-            "fit_s": rec.get("wall_s"), "img_per_s": ips, "params": rec.get("params_total"),
-            "size_mb": (rec.get("weights_bytes") or 0) / 1e6,
+            "val": val, "test": proba("test"), "y_val": y_val,
+            "y_test": np.load(rd / "test_labels.npy"),
+            "oof": val, "y_oof": y_val, "oof_ids": labelled_ids(data.n, "val"),
+            "trained_on": labelled_ids(data.n, "train"), "val_source": "validation",
+            "fit_s": rec.get("wall_s"), "img_per_s": rec.get("infer_img_per_s"),
+            "params": rec.get("params_total"), "size_mb": (rec.get("weights_bytes") or 0) / 1e6,
             "pipelines": [rec["run_id"]], "model": rec["model"],
             "backbones": [rec["model"]] if it.model == "auto" else []}
 
 
-def _run_head(it: Item, dataset, out: Path, seed: int, quiet, force, cv: int = 5,
-              cs: int = 6) -> dict:
+def _extract(run: Run, it: Item, dataset) -> tuple[list, float, list, int]:
+    """Each backbone's cached features: (paths, seconds, images/s each, parameters)."""
     import features
-    from ensembles import LogisticHead
 
-    hdir = out / "zoo" / "heads"
     paths, extract_s, ips, params = [], 0.0, [], 0
     for b in it.backbones:
         t0 = time.perf_counter()
-        p = features.extract(b, dataset, out / "features", weights="imagenet (zoo)",
-                             image_size=(it.size, it.size), progress=not quiet,
+        p = features.extract(b, dataset, run.out / "features", weights="imagenet (zoo)",
+                             image_size=(it.size, it.size), progress=not run.quiet,
                              model=cached_backbone(b))
-        attrs = features.read_attrs(p)
-        secs = float(attrs.get("seconds") or (time.perf_counter() - t0))
+        secs = float(features.read_attrs(p).get("seconds") or (time.perf_counter() - t0))
         extract_s += secs
         total = sum(len(dataset.splits[k].labels) for k in ("train", "val", "test"))
         ips.append(total / secs)
         params += _backbone_params(b)
         paths.append(p)
-    data = features.load(paths)
-    stem = slug(it.name)
-    npz = hdir / f"{stem}.npz"
-    meta_path = hdir / f"{stem}.json"
-    if npz.exists() and meta_path.exists() and not force and \
-            bio.read_json(meta_path).get("features") == [str(p) for p in paths] and \
-            bio.read_json(meta_path).get("cv") == [cv, cs]:
-        arrays, _ = bio.load_arrays(npz)
-        coef, intercept = arrays[0], arrays[1]
-        fit_s = bio.read_json(meta_path)["fit_s"]
-    else:
-        t0 = time.perf_counter()
-        head = LogisticHead(Cs=cs, cv=cv, random_state=seed).fit(*data["train"])
-        fit_s = time.perf_counter() - t0
-        coef, intercept = head.coef_, head.intercept_
-        bio.save_arrays(npz, [coef, intercept], {"format": "logistic head v1: coef, intercept"})
-        bio.write_json(meta_path, {"features": [str(p) for p in paths], "fit_s": fit_s,
-                                   "C": head.C_, "backbones": list(it.backbones),
-                                   "cv": [cv, cs]})
+    return paths, extract_s, ips, params
+
+
+def _head_paths(run: Run, it: Item) -> tuple[Path, Path]:
+    """Where ``it``'s fitted head is cached: ``zoo/heads/<slug>.npz`` and ``.json``."""
+    stem = slug(it.name.replace("{backbones}", "-".join(it.backbones)))
+    return run.zdir / "heads" / f"{stem}.npz", run.zdir / "heads" / f"{stem}.json"
+
+
+HEAD_FORMAT = "logistic head v2: coef, intercept (refit on train+val), out-of-fold proba"
+
+
+def _fit_head(run: Run, it: Item, X, y, paths) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                          float, Path]:
+    """The head cross-fit over the labelled rows (its C search's folds give the out-of-fold
+    probabilities), refit on all of them; cached in ``zoo/heads``."""
+    from ensembles import LogisticHead
+
+    cv, cs = run.P["head_cv"], run.P["head_cs"]
+    npz, meta_path = _head_paths(run, it)
+    want = {"features": [str(p) for p in paths], "cv": [cv, cs], "format": HEAD_FORMAT}
+    if npz.exists() and meta_path.exists() and not run.force:
+        meta = bio.read_json(meta_path)
+        if all(meta.get(k) == v for k, v in want.items()):
+            arrays, _ = bio.load_arrays(npz)
+            return arrays[0], arrays[1], arrays[2], meta["fit_s"], npz
+    t0 = time.perf_counter()
+    head = LogisticHead(Cs=cs, cv=cv, random_state=run.seed, store_oof=True).fit(X, y)
+    fit_s = time.perf_counter() - t0
+    bio.save_arrays(npz, [head.coef_, head.intercept_, head.oof_proba_],
+                    {"format": HEAD_FORMAT})
+    bio.write_json(meta_path, {**want, "fit_s": fit_s, "C": head.C_,
+                               "backbones": list(it.backbones), "rows": len(y)})
+    return head.coef_, head.intercept_, head.oof_proba_, fit_s, npz
+
+
+def _run_head(run: Run, it: Item, data: Data, rows: dict, epochs: int, backbone) -> dict:
+    """A logistic head on frozen features: out-of-fold over train+val, then refit on both
+    (AutoGluon's ``refit_full``) for the test split and export."""
+    import features
+    from ensembles import combined_throughput
     from ensembles._utils import full_logits, softmax
 
-    def proba(X):
-        return softmax(full_logits(np.asarray(X, np.float64), coef, intercept))
-
-    from ensembles import combined_throughput
-
+    paths, extract_s, ips, params = _extract(run, it, data.ds[it.size])
+    feats = features.load(paths)
+    X = np.concatenate([feats["train"][0], feats["val"][0]])
+    y = np.concatenate([feats["train"][1], feats["val"][1]])
+    coef, intercept, oof, fit_s, npz = _fit_head(run, it, X, y, paths)
+    val_ids = labelled_ids(data.n, "val")
     return {"kind": it.kind,
             "source": {"type": "head", "backbones": list(it.backbones), "size": it.size,
-                       "head": str(npz.relative_to(out)),
-                       "features": [str(Path(p).relative_to(out)) for p in paths]},
-            "val": proba(data["val"][0]), "test": proba(data["test"][0]),
-            "y_val": data["val"][1], "y_test": data["test"][1],
+                       "head": str(npz.relative_to(run.out)),
+                       "features": [str(Path(p).relative_to(run.out)) for p in paths]},
+            "val": oof[val_ids], "y_val": y[val_ids],
+            "test": softmax(full_logits(np.asarray(feats["test"][0], np.float64), coef,
+                                        intercept)),
+            "y_test": feats["test"][1], "oof": oof, "y_oof": y,
+            "oof_ids": np.arange(len(y)), "trained_on": np.zeros(0, np.int64),
+            "val_source": "out-of-fold", "note": "refit on train+val",
             "fit_s": extract_s + fit_s, "img_per_s": combined_throughput(ips),
             "params": params + coef.size + intercept.size,
             "size_mb": 4 * (params + coef.size + intercept.size) / 1e6,
@@ -826,70 +1033,8 @@ def _backbone_params(name: str) -> int:
         lambda: models.create_model(name, num_classes=0)))["total"]
 
 
-# ---------------------------------------------------------------------------------------------
-# Ensembles
-
-
-def ensemble_rows(members: list[dict], zdir: Path, seed: int) -> list[dict]:
-    """Average, stack and greedy selection over all members, fit on their validation
-    probabilities; their test probabilities scored. Combiners saved under zoo/ensembles."""
-    from ensembles import (GreedyEnsembleSelection, LogisticHead, PrefitMember,
-                           StackingEnsemble, Views)
-
-    names = [m["name"] for m in members]
-    y_val = members[0]["y_val"]
-    m = len(members)
-    rows = []
-
-    def row(name, weights, combiner, test, fit_s, extra=None):
-        used = [mm for mm, w in zip(members, weights) if w > 0]
-        pipelines, ips, params, size = {}, {}, 0, 0.0
-        for mm in used:
-            for p in mm["pipelines"]:
-                if p not in pipelines:
-                    pipelines[p] = True
-                    ips[p] = mm.get("ips_by_pipeline", {}).get(p, mm["img_per_s"])
-            params += mm["params"] or 0
-            size += mm["size_mb"] or 0
-        from ensembles import combined_throughput
-
-        vals = [v for v in ips.values() if v]
-        r = {"name": name, "kind": "ensemble", "test": test, "y_test": members[0]["y_test"],
-             "fit_s": sum(mm["fit_s"] or 0 for mm in used) + fit_s,
-             "img_per_s": combined_throughput(vals) if len(vals) == len(ips) else None,
-             "params": params, "size_mb": size,
-             "source": {"type": "ensemble", "combiner": combiner,
-                        "members": [mm["name"] for mm in used],
-                        "weights": [float(w) for w in weights if w > 0], **(extra or {})},
-             "members": [mm["name"] for mm in used], "weights": [float(w) for w in weights if w > 0],
-             "note": "fit on validation predictions"}
-        rows.append(r)
-
-    val = [mm["val"] for mm in members]
-    test = [mm["test"] for mm in members]
-    row(f"average of {m}", np.full(m, 1.0 / m), "weighted",
-        np.mean(test, axis=0), 0.0)
-    t0 = time.perf_counter()
-    sel = GreedyEnsembleSelection(n_iter=25).fit(val, y_val)
-    row(f"greedy selection of {m} (Caruana, 25 picks)", sel.weights_, "weighted",
-        sel.predict_proba(test), time.perf_counter() - t0)
-    folds = min(5, int(np.bincount(np.asarray(y_val)).min()))
-    if folds < 2:  # too few validation rows of some class to cross-validate a stack
-        return rows
-    t0 = time.perf_counter()
-    stack = StackingEnsemble([PrefitMember(f"m{i}") for i in range(m)],
-                             final=LogisticHead(cv=folds, random_state=seed), cv=folds).fit(
-        Views({f"m{i}": v for i, v in enumerate(val)}), y_val)
-    p_test = stack.predict_proba(Views({f"m{i}": t for i, t in enumerate(test)}))
-    fit_s = time.perf_counter() - t0
-    path = zdir / "ensembles" / "stack.npz"
-    bio.save_arrays(path, [stack.final_.coef_, stack.final_.intercept_],
-                    {"format": "stack v1: level-1 logistic head on log(clip(p, 1e-7, 1)) of the "
-                               "members in order"})
-    row(f"stack of {m} (logistic on val log-probas)", np.ones(m), "stack", p_test, fit_s,
-        {"stack": str(path.relative_to(zdir.parent)), "log_eps": 1e-7})
-    del names
-    return rows
+RUNNERS = {"train": _run_train, "head": _run_head, "concat": _run_head}
+PROBES = {"train": _probe_training, "head": _probe_head}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -898,9 +1043,14 @@ def ensemble_rows(members: list[dict], zdir: Path, seed: int) -> list[dict]:
 
 def leaderboard(rows: list[dict], dataset, st: dict, plan: dict, budget: float, preset: str,
                 spec: str) -> dict:
+    """The board: every row scored on test, ranked by validation log-loss; the recommended
+    row (the lowest) marked, and each other row's test log-loss against it (paired)."""
     from ensembles import (accuracy, expected_calibration_error, log_loss,
                            log_loss_difference, top_k_accuracy)
 
+    from .zoo_ensembles import score_on_common_rows
+
+    score_on_common_rows(rows)
     k = len(dataset.classes)
     y = rows[0]["y_test"]
     scored = []
@@ -910,26 +1060,33 @@ def leaderboard(rows: list[dict], dataset, st: dict, plan: dict, budget: float, 
             "name": r["name"], "kind": r["kind"], "accuracy": accuracy(y, p),
             "top5_accuracy": top_k_accuracy(y, p, 5) if k > 5 else None,
             "log_loss": log_loss(y, p), "ece": expected_calibration_error(y, p),
+            "val_log_loss": r["val_log_loss"], "val_rows": r["val_rows"],
+            "val_source": r["val_source"], "val_log_loss_own": r["val_log_loss_own"],
+            "val_rows_own": r["val_rows_own"], "fit_rows": r.get("fit_rows"),
+            "fit_on": r.get("fit_on"),
             "fit_s": r.get("fit_s"), "img_per_s": r.get("img_per_s"),
             "ms_per_image": 1000.0 / r["img_per_s"] if r.get("img_per_s") else None,
             "params": r.get("params"), "size_mb": r.get("size_mb"),
             "source": r["source"], "note": r.get("note", ""),
             "epochs": r.get("epochs")})
-    order = sorted(range(len(rows)), key=lambda i: (scored[i]["log_loss"], scored[i]["name"]))
-    best = order[0]
+    order = sorted(range(len(rows)), key=lambda i: (scored[i]["val_log_loss"],
+                                                    scored[i]["name"]))
+    rec = order[0]
     for rank, i in enumerate(order, 1):
         s = scored[i]
-        s["rank"] = rank
-        s["vs_best"] = None if i == best else log_loss_difference(y, rows[i]["test"],
-                                                                  rows[best]["test"])
+        s["rank"], s["recommended"] = rank, i == rec
+        s["vs_recommended"] = None if i == rec else log_loss_difference(
+            y, rows[i]["test"], rows[rec]["test"])
     bb = st["decisions"].get("backbone") or "(best backbone)"
     skipped = [dict(d, name=label(d["name"], backbone=bb)) for d in plan["skipped"]] + [
         {"name": label(name, backbone=bb),
-         "kind": next((d["kind"] for d in plan["items"] + plan.get("reserve", [])
-                       if d["name"] == name), ""),
+         "kind": d.get("kind") or next((x["kind"] for x in plan["items"]
+                                        + plan.get("reserve", []) if x["name"] == name), ""),
          "reason": d["reason"]}
-        for name, d in st["decisions"].items() if isinstance(d, dict) and d.get("skipped")]
+        for name, d in st["decisions"].items() if isinstance(d, dict) and d.get("skipped")
+    ] + st.get("ensembles_skipped", [])
     return {"rows": [scored[i] for i in order], "skipped": skipped,
+            "recommended": scored[rec]["name"], "level1": LEVEL1_DESIGN,
             "near_duplicates": st.get("near_duplicates", {}), "budget_s": budget,
             "preset": preset, "dataset": spec, "classes": list(dataset.classes),
             "sizes": {kk: len(v.labels) for kk, v in dataset.splits.items()},
