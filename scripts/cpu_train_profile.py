@@ -46,14 +46,13 @@ _SHAPE = re.compile(r"^\(?[a-z0-9]+\[([\d,]*)\]")
 def parse_hlo(text: str) -> dict:
     """The compiled module's entry instructions, fused computations and stack frames."""
     sections = _frame_tables(text)
-    comps, entry, current, name = {}, {}, None, None
+    comps, current, entry_name = {}, None, None
     for line in text.splitlines():
         head = re.match(r"^(ENTRY )?%([\w.\-]+) \(.*\{\s*$", line)
         if head:
-            name, current = head.group(2), []
-            comps[name] = current
+            current = comps[head.group(2)] = []
             if head.group(1):
-                entry_name = name
+                entry_name = head.group(2)
             continue
         m = _INST.match(line)
         if m and current is not None:
@@ -152,12 +151,11 @@ def classify(hlo: dict, inst: dict, kernel_sizes: set[int]) -> str:
     if inst["opcode"] in ("copy", "transpose") or inst["name"].startswith(
             ("transpose", "copy")):
         return "layout copies"
-    if "_tap_sum_bwd" in funcs:
-        return "depthwise kernel grad" if {"reduce", "fusion"} & opcodes and not any(
-            "_tap_sum_impl" == fn for fn in funcs) else "depthwise input grad"
     if funcs & {"_tap_sum_impl", "depthwise_conv_taps", "depthwise_conv_grouped"} or (
             "convolution" in opcodes and "DepthwiseConv.__call__" in funcs):
-        return "depthwise input grad" if bwd else "depthwise fwd"
+        if not bwd:
+            return "depthwise fwd"  # the taps' kernel gradient is the variadic reduce
+        return "depthwise kernel grad" if "reduce" in opcodes else "depthwise input grad"
     convs = [o for o in ops if o["opcode"] == "convolution"]
     if convs:
         if any(_is_kernel_grad_conv(c) for c in convs):
@@ -259,28 +257,20 @@ _TORCH_CLASSES = (  # (substring of the aten op name, class), first match wins
 )
 
 
-def profile_torch(name: str, batch: int, size: int, steps: int) -> dict:
-    """Per-class self-CPU ms per step of the PyTorch peer's eager train step."""
+def profile_torch(name: str, batch: int, size: int, steps: int,
+                  threads: int | None = None) -> dict:
+    """Per-class self-CPU ms per step of the PyTorch peer's eager train step (with
+    ``threads`` intra-op threads, default PyTorch's own)."""
     import statistics
 
     import torch
-    from torch.nn import functional as F
 
-    import models
     from bench.speed.peers import torch_peer
 
-    num_classes = models.get_model_info(name).num_classes
-    net, origin = torch_peer.build(name, num_classes)
-    net = net.to(memory_format=torch.channels_last).train()
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, size, size, generator=gen).to(memory_format=torch.channels_last)
-    y = torch.randint(0, num_classes, (batch,), generator=gen)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(net(x), y).backward()
-        opt.step()
+    if threads:
+        torch.set_num_threads(threads)
+    steps_ = torch_peer.eager_steps(name, batch, size)
+    step, origin = steps_["train"], steps_["origin"]
 
     for _ in range(2):
         step()
@@ -295,7 +285,8 @@ def profile_torch(name: str, batch: int, size: int, steps: int) -> dict:
     per = collections.Counter()
     for e in prof.events():
         per[_torch_class(e)] += e.self_cpu_time_total / 1000 / steps
-    return {"model": name, "framework": "torch", "image_size": size, "origin": origin,
+    return {"model": name, "framework": f"torch@{torch.get_num_threads()}",
+            "image_size": size, "origin": origin,
             "step_ms": 1000 * statistics.median(times), "ops_ms": dict(per)}
 
 
@@ -339,6 +330,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--torch-threads", default="",
+                   help="comma-separated intra-op thread counts for the PyTorch runs "
+                        "(default: PyTorch's own)")
     p.add_argument("--json")
     args = p.parse_args(argv)
     results = []
@@ -346,10 +340,11 @@ def main(argv=None) -> int:
         r = profile_jax(name, args.batch, None, args.steps)
         results.append(r)
         print(f"{name} jax: step {r['step_ms']:.1f} ms", flush=True)
-        if not args.no_torch:
-            t = profile_torch(name, args.batch, r["image_size"], args.steps)
+        for threads in ([] if args.no_torch else
+                        [int(t) for t in args.torch_threads.split(",") if t] or [None]):
+            t = profile_torch(name, args.batch, r["image_size"], args.steps, threads)
             results.append(t)
-            print(f"{name} torch: step {t['step_ms']:.1f} ms", flush=True)
+            print(f"{name} {t['framework']}: step {t['step_ms']:.1f} ms", flush=True)
     print(f"load average: {os.getloadavg()}")
     print(table(results))
     if args.json:
