@@ -161,7 +161,9 @@ def classify(hlo: dict, inst: dict, kernel_sizes: set[int]) -> str:
         if any(_is_kernel_grad_conv(c) for c in convs):
             return "conv kernel grad"
         return "conv input grad" if bwd or not inst["op_name"] else "conv fwd"
-    if "dot" in opcodes and funcs & {"Conv.__call__", "conv_matmul", "conv_im2col"}:
+    if funcs & {"conv_lax_custom_dw", "_conv_custom_dw_bwd"} and bwd:
+        return "conv kernel grad"  # BENCH_CONV=im2col / taps: the patches and the products
+    if "dot" in opcodes and funcs & {"Conv.__call__", "conv_matmul"}:
         if not bwd:
             return "conv fwd"
         n = 1
