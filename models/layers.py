@@ -293,14 +293,20 @@ _DEPTHWISE_FNS = {"conv": depthwise_conv_grouped, "taps": depthwise_conv_taps}
 # MobileNetV2's shapes, batch 16, 2-core CPU: 1x1 forward 2.5x, forward + backward 5.9x;
 # the 3x3 RGB stem's kernel gradient 2.2x). ``"auto"``: ``"matmul"`` on CPU where it applies,
 # else ``"xla"``, decided at trace time.
-CONV_IMPLS = ("auto", "xla", "matmul")
+#
+# ``"im2col"`` and ``"taps"`` (opt-in, for measurement: neither is faster on the CPUs
+# measured, ``docs/cpu-formulations.md``) keep ``"matmul"``'s rules and, for every other
+# convolution without groups, ``lax.conv`` forward and input gradient with a hand-written
+# kernel gradient: the im2col patches times the output gradient (one matrix product), or
+# one product per kernel tap (``conv_lax_custom_dw``).
+CONV_IMPLS = ("auto", "xla", "matmul", "im2col", "taps")
 _ENV_CONV = "BENCH_CONV"
 IM2COL_MAX_IN = 4
 
 
 def resolve_conv_impl(impl: str | None = None) -> str:
-    """``"xla"`` or ``"matmul"``: ``impl``, else ``$BENCH_CONV``, else ``"auto"``
-    (``"matmul"`` on CPU)."""
+    """``"xla"``, ``"matmul"``, ``"im2col"`` or ``"taps"``: ``impl``, else ``$BENCH_CONV``,
+    else ``"auto"`` (``"matmul"`` on CPU, ``"xla"`` elsewhere)."""
     impl = impl or os.environ.get(_ENV_CONV) or "auto"
     if impl not in CONV_IMPLS:
         raise ValueError(f"conv impl {impl!r}: expected one of {CONV_IMPLS}")
@@ -333,6 +339,60 @@ def conv_matmul(x, kernel, strides=1, padding="SAME", dilation=1):
     return y.reshape(n, oh, ow, cout)
 
 
+def conv_lax_custom_dw(x, kernel, strides=1, padding="SAME", dilation=1, how="im2col"):
+    """``lax.conv_general_dilated`` (NHWC, HWIO, no groups) whose kernel gradient is
+    written by hand: ``how="im2col"``, the patches (the kernel's taps concatenated on the
+    channel axis) transposed times the output gradient, one matrix product; ``"taps"``, one
+    product per tap. Forward and input gradient are XLA's. Agrees with ``lax.conv`` to
+    float rounding, gradients included (tests/test_conv_im2col.py)."""
+    strides, dilation = _pair(strides, "strides"), _pair(dilation, "dilation")
+    if how not in ("im2col", "taps"):
+        raise ValueError(f"kernel-gradient form {how!r}: expected 'im2col' or 'taps'")
+    if x.shape[3] != kernel.shape[2]:
+        raise ValueError(f"conv kernel {kernel.shape} for {x.shape[3]} input channels")
+    pads = tuple(tuple(p) for p in _explicit_pads(padding, x.shape[1:3], kernel.shape[:2],
+                                                  strides, dilation))
+    return _conv_custom_dw(x, kernel, (strides, pads, dilation, how))
+
+
+def _conv_lax(x, kernel, geom):
+    strides, pads, dilation, _ = geom
+    return jax.lax.conv_general_dilated(x, kernel, strides, pads, rhs_dilation=dilation,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_custom_dw(x, kernel, geom):
+    """``lax.conv`` with the kernel gradient of ``conv_lax_custom_dw``."""
+    return _conv_lax(x, kernel, geom)
+
+
+def _conv_custom_dw_fwd(x, kernel, geom):
+    return _conv_lax(x, kernel, geom), (x, kernel)
+
+
+def _conv_custom_dw_bwd(geom, res, g):
+    x, kernel = res
+    strides, pads, dilation, how = geom
+    kh, kw, cin, cout = kernel.shape
+    _, vjp_x = jax.vjp(lambda a: _conv_lax(a, kernel, geom), x)
+    (dx,) = vjp_x(g)
+    xp, tap_geom = _padded(x, (kh, kw), strides, [list(p) for p in pads], dilation, "conv")
+    taps = _taps(xp, kh, kw, tap_geom)
+    g2 = g.reshape(-1, cout)
+    if how == "im2col":
+        cols = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+        dk = jax.lax.dot_general(cols.reshape(-1, kh * kw * cin), g2,
+                                 (((0,), (0,)), ((), ())))
+    else:
+        dk = jnp.stack([jax.lax.dot_general(t.reshape(-1, cin), g2, (((0,), (0,)), ((), ())))
+                        for t in taps])
+    return dx, dk.reshape(kh, kw, cin, cout).astype(kernel.dtype)
+
+
+_conv_custom_dw.defvjp(_conv_custom_dw_fwd, _conv_custom_dw_bwd)
+
+
 class Conv(nnx.Conv):
     """``nnx.Conv`` (same parameters, kernel layout and results) that runs, on CPU, a 1x1
     convolution and a convolution of an RGB-like input as a matrix product (``conv_matmul``;
@@ -345,19 +405,32 @@ class Conv(nnx.Conv):
         super().__init__(*args, **kwargs)
         self.impl = impl
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def _form(self, x) -> str:
+        """``"xla"`` (``nnx.Conv``'s own), ``"matmul"``, ``"im2col"`` or ``"taps"`` for this
+        call: the resolved impl where it applies to this kernel and input."""
         kernel_shape = self.kernel.shape
-        if (x.ndim != 4 or self.mask is not None or len(kernel_shape) != 4
-                or _pair(self.input_dilation, "") != (1, 1)
-                or not conv_matmul_applies(kernel_shape, self.feature_group_count)
+        impl = resolve_conv_impl(self.impl)
+        if (impl == "xla" or x.ndim != 4 or self.mask is not None or len(kernel_shape) != 4
+                or _pair(self.input_dilation, "") != (1, 1) or self.feature_group_count != 1
                 or (isinstance(self.padding, str)
-                    and self.padding.upper() not in ("SAME", "VALID"))
-                or resolve_conv_impl(self.impl) != "matmul"):
+                    and self.padding.upper() not in ("SAME", "VALID"))):
+            return "xla"
+        if conv_matmul_applies(kernel_shape, self.feature_group_count):
+            return "matmul"
+        return impl if impl in ("im2col", "taps") else "xla"
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        form = self._form(x)
+        if form == "xla":
             return super().__call__(x)
         kernel = self.kernel[...]
         bias = self.bias[...] if self.bias is not None else None
         x, kernel, bias = self.promote_dtype((x, kernel, bias), dtype=self.dtype)
-        y = conv_matmul(x, kernel, self.strides, self.padding, self.kernel_dilation)
+        if form == "matmul":
+            y = conv_matmul(x, kernel, self.strides, self.padding, self.kernel_dilation)
+        else:
+            y = conv_lax_custom_dw(x, kernel, self.strides, self.padding,
+                                   self.kernel_dilation, how=form)
         if bias is not None:
             y = y + bias
         return y

@@ -33,7 +33,12 @@ def test_speed_resnet20_row():
     # ResNet-20 is ~41M multiply-adds per 32x32 image; a train step is ~3 forward passes.
     assert 0.05 < row["infer_gflops_per_img"] < 0.12
     assert 2 < row["train_gflops_per_img"] / row["infer_gflops_per_img"] < 4
-    assert row["peak_tflops"] is None and row["train_mfu"] is None  # CPU: no known peak
+    peak = speed.cpu_peak()  # CPU: cores x FMA width x clock from /proc/cpuinfo
+    if peak is None:
+        assert row["peak_tflops"] is None and row["train_mfu"] is None
+    else:
+        assert row["peak_tflops"] == pytest.approx(peak["tflops"])
+        assert row["train_mfu"] == pytest.approx(row["train_tflops"] / peak["tflops"])
     assert row["note"] is None and row["batch_note"] is None
 
 
@@ -109,6 +114,39 @@ def test_peak_table():
     assert speed.peak_tflops("NVIDIA H200", "fp32") == pytest.approx(66.9)
     assert speed.peak_tflops("TPU v4", "fp32") is None
     assert speed.peak_tflops("cpu", "bf16") is None
+
+
+_CPUINFO = """processor\t: 0
+vendor_id\t: {vendor}
+cpu family\t: {family}
+model\t\t: {model}
+cpu MHz\t\t: 2500.000
+siblings\t: {siblings}
+cpu cores\t: {cores}
+flags\t\t: fpu sse sse2 {flags}
+
+processor\t: 1
+cpu MHz\t\t: 9999.000
+"""
+
+
+@pytest.mark.parametrize("vendor,family,model,flags,per_cycle", [
+    ("AuthenticAMD", 25, 17, "avx avx2 fma avx512f", 32),  # Zen 4: 512-bit double-pumped
+    ("AuthenticAMD", 26, 2, "avx avx2 fma avx512f", 64),  # Zen 5
+    ("GenuineIntel", 6, 85, "avx avx2 fma avx512f", 64),
+    ("GenuineIntel", 6, 63, "avx avx2 fma", 32),
+    ("AuthenticAMD", 23, 1, "avx avx2 fma", 16),  # Zen 1: 128-bit FMA pipes
+    ("GenuineIntel", 6, 42, "avx", 16),
+    ("GenuineIntel", 6, 23, "", 8),
+])
+def test_cpu_peak_from_cpuinfo(vendor, family, model, flags, per_cycle):
+    text = _CPUINFO.format(vendor=vendor, family=family, model=model, flags=flags,
+                           siblings=4, cores=2)  # SMT: 4 logical CPUs are 2 cores
+    peak = speed.cpu_peak(text, cpus=4)
+    assert (peak["cores"], peak["flops_per_cycle"]) == (2, per_cycle)
+    assert peak["tflops"] == pytest.approx(2 * per_cycle * 2.5e9 / 1e12)  # first CPU's clock
+    assert speed.cpu_peak("processor : 0\nflags : avx\n") is None  # no clock: no peak
+    assert "TFLOP/s fp32" in speed.cpu_peak_text(peak)
 
 
 def test_peer_ratios_and_missing_peers(monkeypatch):

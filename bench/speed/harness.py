@@ -38,7 +38,8 @@ from runtime import io as bio
 from runtime.devices import device_description, device_line
 from runtime.versions import versions as _base_versions
 
-from .timing import PEAK_TFLOPS, ROW_KEYS, new_row, peak_tflops, time_calls  # noqa: F401
+from .timing import (PEAK_TFLOPS, ROW_KEYS, cpu_peak, cpu_peak_text, new_row,  # noqa: F401
+                     peak_tflops, time_calls)
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -167,6 +168,8 @@ def measure(name: str, batch_size: int, image_size: int | None = None, *,
     kind = jax.devices()[0].device_kind
     row = new_row(name, "jax", precision, prep.image_size, batch_size)
     peak = peak_tflops(kind, precision)
+    if peak and kind.lower() == "cpu":  # the whole CPU's peak, shared by its host devices
+        peak /= max(1, len(jax.local_devices(backend="cpu")))
     row.update(devices=mesh.n, device=f"{mesh.n}x {kind}", params=prep.params,
                peak_tflops=peak)
     for phase, step, flops, compile_s in (
@@ -398,6 +401,9 @@ def speed_markdown(rows: list[dict], meta: dict | None = None) -> str:
                   "of the timed steps after warm-up; "
                   "compile time apart. GFLOPs from XLA's cost analysis (multiply-add = 2). "
                   "MFU against the device's dense spec peak"
+                  + (f" (CPU: {cpu_peak_text()})" if any(
+                      str(r.get("device") or "").lower().endswith("cpu") and r.get(
+                          "peak_tflops") for r in rows) else "")
                   + ("; 'measured peak' columns against " + ", ".join(
                       f"{k} {v:g} TFLOP/s" for k, v in meta["measured_peaks"].items())
                      if meta.get("measured_peaks") else "")

@@ -38,11 +38,90 @@ PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
 
 
 def peak_tflops(device_kind: str, precision: str) -> float | None:
-    """The dense peak of one device, or None when the device is not in ``PEAK_TFLOPS``."""
+    """The dense peak of one device, or None when the device is not in ``PEAK_TFLOPS``; for
+    ``'cpu'`` the fp32 peak of the CPUs this process may use (``cpu_peak``), all of them."""
+    if device_kind.lower() == "cpu":
+        peak = cpu_peak() if precision == "fp32" else None
+        return peak["tflops"] if peak else None
     for key, peaks in PEAK_TFLOPS:
         if key.lower() in device_kind.lower():
             return peaks.get(precision)
     return None
+
+
+def _cpuinfo_fields(text: str) -> dict[str, str]:
+    """The first processor's ``key: value`` lines of ``/proc/cpuinfo``."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def fp32_flops_per_cycle(fields: dict[str, str]) -> tuple[int, str]:
+    """Peak fp32 FLOPs per cycle of one core (FMA = 2 FLOPs) and the assumption behind it,
+    from the ISA flags, vendor and family of ``/proc/cpuinfo``."""
+    flags = set(fields.get("flags", "").split())
+    amd = "AMD" in fields.get("vendor_id", "")
+    family = int(fields.get("cpu family", "0") or 0)
+    model = int(fields.get("model", "0") or 0)
+    if "avx512f" in flags:
+        if amd and family < 26:
+            return 32, "AVX-512 on AMD Zen 4: two 256-bit FMA pipes (512-bit ops double-pumped)"
+        return 64, "AVX-512: two 512-bit FMA units per core"
+    if "avx2" in flags and "fma" in flags:
+        if amd and family == 23 and model < 0x30:
+            return 16, "AMD Zen 1: two 128-bit FMA pipes"
+        return 32, "AVX2 + FMA: two 256-bit FMA units per core"
+    if "avx" in flags:
+        return 16, "AVX without FMA: one 256-bit add and one multiply per cycle"
+    return 8, "SSE: one 128-bit add and one multiply per cycle"
+
+
+def cpu_peak(cpuinfo: str | None = None, cpus: int | None = None) -> dict | None:
+    """This CPU's dense fp32 peak: ``{'tflops', 'cores', 'flops_per_cycle', 'ghz',
+    'assumption'}``, as cores x FLOPs per cycle x clock. Cores: the CPUs this process may run
+    on (``cpus``, else its affinity) less SMT siblings; the clock is ``/proc/cpuinfo``'s
+    ``cpu MHz`` (the nominal rate under a hypervisor, no boost). None where
+    ``/proc/cpuinfo`` is missing or has no clock (not Linux x86)."""
+    import os
+
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read(1 << 20)
+        except OSError:
+            return None
+    fields = _cpuinfo_fields(cpuinfo)
+    try:
+        mhz = float(fields["cpu MHz"])
+    except (KeyError, ValueError):
+        return None
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else (os.cpu_count() or 1)
+    try:
+        smt = max(1, int(fields.get("siblings", 1)) // max(1, int(fields.get("cpu cores", 1))))
+    except ValueError:
+        smt = 1
+    cores = max(1, cpus // smt)
+    per_cycle, assumption = fp32_flops_per_cycle(fields)
+    return {"tflops": cores * per_cycle * mhz * 1e6 / 1e12, "cores": cores,
+            "flops_per_cycle": per_cycle, "ghz": mhz / 1000, "assumption": assumption}
+
+
+def cpu_peak_text(peak: dict | None = None) -> str:
+    """``'2 cores x 32 FLOP/cycle x 2.60 GHz = 0.166 TFLOP/s fp32 (assumption)'``."""
+    peak = peak or cpu_peak()
+    if not peak:
+        return "CPU peak unknown"
+    return (f"{peak['cores']} cores x {peak['flops_per_cycle']} FLOP/cycle x "
+            f"{peak['ghz']:.2f} GHz = {peak['tflops']:.3g} TFLOP/s fp32 "
+            f"({peak['assumption']}; nominal clock, no boost)")
 
 
 def new_row(model: str, framework: str, precision: str, image_size: int, batch: int) -> dict:

@@ -379,3 +379,37 @@ def _measure_at(model: str, framework: str, *, batch_size: int, image_size: int,
     if last_loss and not math.isfinite(float(last_loss[0])):
         row["note"] += "; the train loss is not finite"
     return row
+
+
+def eager_steps(model: str, batch_size: int, image_size: int,
+                num_classes: int | None = None) -> dict:
+    """``{'train': fn, 'infer': fn, 'origin': str}``: the peer's eager CPU train step (SGD
+    with momentum, channels_last) and inference step, each a no-argument call that returns
+    once done; for interleaved comparisons (``scripts/cpu_ab.py``, the per-op profile)."""
+    import models
+
+    if torch is None:
+        raise ValueError("torch is not installed (pip install torch)")
+    num_classes = num_classes or models.get_model_info(model).num_classes
+    net, origin = build(model, num_classes)
+    if net is None:
+        raise ValueError(f"no PyTorch peer for {model}: {origin}")
+    net = net.to(memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, 3, image_size, image_size, generator=gen).to(
+        memory_format=torch.channels_last)
+    y = torch.randint(0, num_classes, (batch_size,), generator=gen)
+    opt = torch.optim.SGD(net.parameters(), lr=_LEARNING_RATE, momentum=0.9)
+
+    def train():
+        net.train()
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    def infer():
+        net.eval()
+        with torch.inference_mode():
+            net(x)
+
+    return {"train": train, "infer": infer, "origin": origin}

@@ -1,0 +1,126 @@
+"""Minimal reproductions of the XLA:CPU ops that keep our CPU train step behind PyTorch's,
+each timed in JAX and in PyTorch (eager, channels_last) in one process, interleaved:
+
+- ``conv``: a 3x3 stride-1 SAME convolution at ResNet-20's first stage (16x32x32x16, batch
+  16): forward, input gradient, kernel gradient (PyTorch's backward times are its autograd
+  call less its forward);
+- ``bn_relu6``: training-mode BatchNorm then ReLU6 at MobileNetV2's widest expanded
+  activation (16x112x112x96): forward + backward of ``sum(relu6(bn(x)) * g)``.
+
+    taskset -c 1 python scripts/cpu_gap_repro.py [--rounds 5] [--repeats 10]
+
+(``taskset`` pins both frameworks to one core, one thread each, which a shared machine's load
+disturbs least.) Prints ms per op and the ratio JAX / PyTorch, above 1 = JAX slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+
+
+def _ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def jax_ops(rng) -> dict:
+    """No-argument calls, one per op, in JAX."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.asarray(rng.standard_normal((16, 32, 32, 16), np.float32))
+    w = jnp.asarray(rng.standard_normal((3, 3, 16, 16), np.float32) * 0.1)
+    g = jnp.asarray(rng.standard_normal((16, 32, 32, 16), np.float32))
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
+
+    fwd = jax.jit(conv)
+    dx = jax.jit(lambda g, w: jax.vjp(lambda a: conv(a, w), x)[1](g)[0])
+    dw = jax.jit(lambda g, x: jax.vjp(lambda k: conv(x, k), w)[1](g)[0])
+    b = jnp.asarray(rng.standard_normal((16, 112, 112, 96), np.float32))
+    gb = jnp.asarray(rng.standard_normal((16, 112, 112, 96), np.float32))
+    scale, bias = jnp.ones(96), jnp.zeros(96)
+
+    def bn_relu6(x, scale, bias):
+        mean = x.mean((0, 1, 2))
+        var = jnp.mean(jnp.square(x - mean), (0, 1, 2))
+        y = (x - mean) * jax.lax.rsqrt(var + 1e-3) * scale + bias
+        return jnp.sum(jnp.clip(y, 0, 6) * gb)
+
+    bn = jax.jit(jax.grad(bn_relu6, (0, 1, 2)))
+    return {"conv fwd": lambda: fwd(x, w).block_until_ready(),
+            "conv input grad": lambda: dx(g, w).block_until_ready(),
+            "conv kernel grad": lambda: dw(g, x).block_until_ready(),
+            "bn_relu6 fwd+bwd": lambda: jax.block_until_ready(bn(b, scale, bias))}
+
+
+def torch_ops(rng) -> dict:
+    """The same ops in PyTorch (eager, channels_last)."""
+    import torch
+
+    cl = torch.channels_last
+    x = torch.from_numpy(rng.standard_normal((16, 16, 32, 32), np.float32)).to(memory_format=cl)
+    g = torch.from_numpy(rng.standard_normal((16, 16, 32, 32), np.float32)).to(memory_format=cl)
+    conv = torch.nn.Conv2d(16, 16, 3, padding=1, bias=False).to(memory_format=cl)
+    xr = x.clone().requires_grad_(True)
+    b = torch.from_numpy(rng.standard_normal((16, 96, 112, 112), np.float32)).to(
+        memory_format=cl).requires_grad_(True)
+    gb = torch.from_numpy(rng.standard_normal((16, 96, 112, 112), np.float32)).to(memory_format=cl)
+    bn = torch.nn.BatchNorm2d(96, eps=1e-3).train()
+
+    def fwd():
+        with torch.no_grad():
+            conv(x)
+
+    def both(grad_of):
+        return lambda: torch.autograd.grad(conv(grad_of[0]), grad_of[1], g)
+
+    def bn_step():
+        (torch.nn.functional.relu6(bn(b)) * gb).sum().backward()
+
+    return {"conv fwd": fwd, "conv input grad + fwd": both((xr, xr)),
+            "conv kernel grad + fwd": both((x, conv.weight)), "bn_relu6 fwd+bwd": bn_step}
+
+
+def main(argv=None) -> int:
+    """Time both frameworks' ops round by round and print the medians and ratios."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=10)
+    args = p.parse_args(argv)
+    rng = np.random.default_rng(0)
+    ops = {("jax", k): f for k, f in jax_ops(rng).items()}
+    ops.update({("torch", k): f for k, f in torch_ops(rng).items()})
+    load0 = os.getloadavg()[0]
+    t = {k: [] for k in ops}
+    for _ in range(args.rounds):
+        for k, f in ops.items():
+            t[k].append(_ms(f, args.repeats))
+    m = {k: statistics.median(v) for k, v in t.items()}
+    torch_ms = {"conv fwd": m[("torch", "conv fwd")],
+                "conv input grad": m[("torch", "conv input grad + fwd")] - m[("torch", "conv fwd")],
+                "conv kernel grad": m[("torch", "conv kernel grad + fwd")]
+                - m[("torch", "conv fwd")],
+                "bn_relu6 fwd+bwd": m[("torch", "bn_relu6 fwd+bwd")]}
+    print(f"load average {load0:.2f} -> {os.getloadavg()[0]:.2f}; CPUs {len(os.sched_getaffinity(0))}")
+    print("| op | jax ms | torch ms | jax / torch |")
+    print("|---|---|---|---|")
+    for k, v in torch_ms.items():
+        print(f"| {k} | {m[('jax', k)]:.2f} | {v:.2f} | {m[('jax', k)] / v:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
