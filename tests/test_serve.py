@@ -84,7 +84,8 @@ def test_page_health_and_model(client, predictor):
     m = client.get("/model").json()
     assert m["name"] == predictor.name and m["kind"] == "scratch" and m["type"] == "network"
     assert m["classes"] == ["c0", "c1"] and m["input_size"] == [[32, 32]]
-    assert set(m["leaderboard"]) == {"rank", "accuracy", "log_loss", "ece"}
+    assert set(m["leaderboard"]) == {"rank", "accuracy", "log_loss", "ece", "val_log_loss",
+                                     "recommended"}
     assert m["batch_shapes"] == [1, 2, 4] and m["max_files"] == 3 and m["auth"] is False
     assert client.get("/nope").json()["error"].startswith("GET /nope")
     wrong = client.get("/predict")
