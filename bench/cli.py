@@ -62,8 +62,9 @@ def _run_parser(sub) -> None:
     p.add_argument("--max-per-class", type=int, help="use at most N images per class")
     p.add_argument("--time-budget", help="zoo: wall-time budget, e.g. 20m, 90s, 1h (default 20m)")
     p.add_argument("--preset", choices=("fast", "best"), help="zoo: candidate set (default best)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="split and training seed (default 0)")
+    p.add_argument("--force", action="store_true",
+                   help="rerun runs that already have a complete record")
     _add_common(p)
 
 
@@ -74,7 +75,8 @@ def _predict_parser(sub) -> None:
     p.add_argument("--from", dest="from_", required=True,
                    help="a zoo output folder (OUT) or an exported predictor folder (OUT/best)")
     p.add_argument("--model", help="'best' (default) or a leaderboard row's name")
-    p.add_argument("images", nargs="+", metavar="IMAGES_OR_FOLDER")
+    p.add_argument("images", nargs="+", metavar="IMAGES_OR_FOLDER",
+                   help="image files and/or folders (searched recursively)")
     p.add_argument("--out", required=True, help="predictions file (.csv)")
     p.add_argument("--format", default="csv", help="'csv' (file, predicted class, class "
                    "probabilities) or 'kaggle' (id,label: the positive class's probability)")
@@ -104,12 +106,15 @@ def _features_parser(sub) -> None:
     p.add_argument("--label-column", help="the label column (default: detected by name)")
     p.add_argument("--weights", default="imagenet",
                    help="'imagenet' (default), a weights file, or 'none' for random init")
-    p.add_argument("--weights-dir")
-    p.add_argument("--download", action="store_true")
+    p.add_argument("--weights-dir",
+                   help="where to look for pretrained files (also $BENCH_WEIGHTS_DIR)")
+    p.add_argument("--download", action="store_true",
+                   help="allow downloading official pretrained files (checksum verified)")
     p.add_argument("--image-size", type=int, help="default: each backbone's input size")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="images per forward pass (default 64)")
     p.add_argument("--seed", type=int, default=0, help="split seed")
-    p.add_argument("--max-per-class", type=int)
+    p.add_argument("--max-per-class", type=int, help="use at most N images per class")
     p.add_argument("--force", action="store_true", help="recompute even if files match")
     _add_common(p)
     p.set_defaults(out="results/features")
@@ -121,12 +126,13 @@ def _ensemble_parser(sub) -> None:
                        "their stack, added to the results table")
     p.add_argument("--features", required=True,
                    help="a directory of .h5 feature files or comma-separated files")
-    p.add_argument("--out", default=DEFAULT_OUT)
+    p.add_argument("--out", default=DEFAULT_OUT,
+                   help="results directory for the ensemble rows (default: results/)")
     p.add_argument("--cv", type=int, default=5, help="folds for the L2 search and the stack")
     p.add_argument("--clip", type=float, default=1e-15,
                    help="log-loss clip eps (Kaggle scoring clips predictions to [eps, 1-eps])")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="split and fold seed (default 0)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
 def _group_parser(sub) -> None:
@@ -136,7 +142,8 @@ def _group_parser(sub) -> None:
     p.add_argument("--run", required=True, help="a run directory, OUT/runs/<run_id>")
     p.add_argument("--groups", default="auto",
                    help="number of groups, or 'auto' (cut where mean confusion < --min-confusion)")
-    p.add_argument("--method", choices=("agglomerative", "spectral"), default="agglomerative")
+    p.add_argument("--method", choices=("agglomerative", "spectral"), default="agglomerative",
+                   help="how classes are merged (default agglomerative)")
     p.add_argument("--min-confusion", type=float,
                    help="for --groups auto: merge classes confused at least this often "
                         "(default 0.1)")
@@ -149,34 +156,36 @@ def _speed_parser(sub) -> None:
     p = sub.add_parser("speed", help="train/inference throughput, GFLOPs and MFU per model "
                        "(timm-style table), optionally against Keras and PyTorch")
     p.add_argument("--models", required=True, help="comma-separated names or patterns")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="global batch size (default 64)")
     p.add_argument("--image-size", type=int, help="default: each model's input size")
     p.add_argument("--precision", default="fp32",
                    help="fp32, bf16 or both (fp32,bf16); bf16 = mixed precision: bf16 "
                         "compute, fp32 master weights and loss")
     p.add_argument("--peak-tflops", help="also MFU against these peaks per device, e.g. "
                    "bf16=790 (a measured matmul rate), beside the spec-sheet MFU")
-    p.add_argument("--devices", type=int)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--no-train", action="store_true")
-    p.add_argument("--no-infer", action="store_true")
+    p.add_argument("--devices", type=int, help="use the first N local devices (default: all)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps (default 2)")
+    p.add_argument("--repeats", type=int, default=10,
+                   help="timed steps; the median is reported (default 10)")
+    p.add_argument("--no-train", action="store_true", help="skip the train-step timing")
+    p.add_argument("--no-infer", action="store_true", help="skip the inference timing")
     p.add_argument("--vs", default="", help="peers to time in the same run: keras, torch, "
                    "timm, torch+compile, timm+compile (comma-separated)")
     p.add_argument("--torch-compile", action="store_true",
                    help="run every PyTorch peer through torch.compile")
-    p.add_argument("--num-classes", type=int)
-    p.add_argument("--out", default="results/speed")
+    p.add_argument("--num-classes", type=int,
+                   help="head size (default: the model's registered default)")
+    p.add_argument("--out", default="results/speed", help="output folder (default: results/speed)")
     p.add_argument("--name", default="speed", help="output file stem (NAME.json, NAME.md)")
-    p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
 def _compare_parser(sub) -> None:
     """``bench compare``: changes between two result or benchmark files."""
     p = sub.add_parser("compare", help="changes between two result or benchmark files "
                        "(speed.json, pytest-benchmark JSON, summary.csv); exit 1 on regressions")
-    p.add_argument("a")
-    p.add_argument("b")
+    p.add_argument("a", help="the baseline file")
+    p.add_argument("b", help="the file compared with it")
     p.add_argument("--threshold", type=float, default=0.05,
                    help="relative change flagged as a regression (default 0.05)")
     p.add_argument("--json", help="also write the rows to this JSON file")
@@ -185,8 +194,10 @@ def _compare_parser(sub) -> None:
 def _report_parser(sub) -> None:
     """``bench report``: tables, plots and the HTML page from run records."""
     p = sub.add_parser("report", help="regenerate summary.csv / summary.md from run records")
-    p.add_argument("dir", nargs="?", default=DEFAULT_OUT)
-    p.add_argument("--title")
+    p.add_argument("dir", nargs="?", default=DEFAULT_OUT,
+                   help="the results folder (default: results/)")
+    p.add_argument("--title", help="title of summary.md and report.html "
+                   "(default: 'bench report: PARENT/FOLDER')")
     p.add_argument("--force", action="store_true",
                    help="replace tables even with fewer rows than they have (by default a "
                         "table is kept when its run records are missing)")
@@ -202,7 +213,8 @@ def _inspect_parser(sub) -> None:
 def _models_parser(sub) -> None:
     """``bench models``: the registry."""
     p = sub.add_parser("models", help="list registered models")
-    p.add_argument("pattern", nargs="?", default="*")
+    p.add_argument("pattern", nargs="?", default="*",
+                   help="fnmatch pattern over model names (default: all)")
     p.add_argument("--no-params", action="store_true", help="skip parameter counting (faster)")
 
 def _serve_parser(sub) -> None:

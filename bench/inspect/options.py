@@ -50,8 +50,10 @@ def add_inspect_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="prepared-data cache (as for train)")
     p.add_argument("--data-dir", help="tensorflow-datasets data directory for tfds: specs")
     p.add_argument("--seed", type=int, default=0, help="split seed (as for train)")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="validation share when the data has no val split (default 0.1)")
+    p.add_argument("--test-fraction", type=float, default=0.2,
+                   help="test share when the data has no test split (default 0.2)")
     p.add_argument("--near-threshold", type=int, default=DEFAULT_NEAR_THRESHOLD,
                    help=f"largest pHash Hamming distance of a near duplicate (default "
                         f"{DEFAULT_NEAR_THRESHOLD} of 64)")
