@@ -41,7 +41,9 @@ __all__ = ["BaggedGreedySelection", "LogProbaStack", "TopKAverage", "cross_fit_p
 # classifies without a mistake (a small validation split), the log-loss keeps falling as T
 # goes to 0, and a one-hot member then pays 34.5 nats for each mistake on new images.
 # Softening is not capped as tightly (over-confident networks need T of 2-5).
-T_BOUNDS = (0.5, 20.0)
+T_BOUNDS = (1.0, 20.0)  # soften only: fit on a few hundred rows nearly all right, T < 1
+# sharpened members and lost on test (Dogs vs. Cats, 12-minute zoo: a top-1 average 0.0430
+# against its member's own 0.0286)
 # Level-1 features of the stack: log(max(p, LOG_EPS)) (as ensembles.stacking).
 LOG_EPS = 1e-7
 
@@ -222,12 +224,20 @@ def _pool_loss(theta, L, y, lam):
 
 
 def _fit_pool(L, y, lam, x0=None) -> np.ndarray:
+    """The pool's (w, b), with w >= 0 and sum(w) <= 1: a weighted geometric mean of the
+    members (softened, never sharpened) and a bias per class. Unconstrained weights summed
+    correlated members and sharpened them: on Dogs vs. Cats (12-minute zoo, 200 validation
+    rows nearly all right) a stack of 11 reached validation 0.0082 and lost on test, 0.0833
+    against the best single row's 0.0253."""
     from scipy.optimize import minimize
 
     m, _, k = L.shape
     x0 = np.concatenate([np.full(m, 1.0 / m), np.zeros(k)]) if x0 is None else x0
-    return minimize(_pool_loss, x0, args=(L, y, lam), jac=True, method="L-BFGS-B",
-                    options={"maxiter": 500}).x
+    ones = np.concatenate([-np.ones(m), np.zeros(k)])
+    total = {"type": "ineq", "fun": lambda t: 1.0 - t[:m].sum(), "jac": lambda t: ones}
+    bounds = [(0.0, 1.0)] * m + [(None, None)] * k
+    return minimize(_pool_loss, x0, args=(L, y, lam), jac=True, method="SLSQP",
+                    bounds=bounds, constraints=[total], options={"maxiter": 500}).x
 
 
 class LogProbaStack(ClassifierMixin, BaseEstimator):
@@ -236,11 +246,15 @@ class LogProbaStack(ClassifierMixin, BaseEstimator):
 
     * ``full``: a ``LogisticHead`` on all members' log-probabilities concatenated (m x k
       features, k x m x k weights): the stronger model where there are many rows;
-    * ``pool``: a log-linear pool softmax(sum_j w_j log p_j + b), one weight per member and a
-      bias per class (m + k parameters): what a few hundred validation rows can support; it
-      contains every single member (w = 1 on it) and their geometric mean.
+    * ``pool``: a log-linear pool softmax(sum_j w_j log p_j + b), one weight per member
+      (w >= 0, sum w <= 1) and a bias per class (m + k parameters): what a few hundred
+      validation rows can support; it contains every single member (w = 1 on it) and their
+      geometric mean, and is never sharper than its members.
 
-    Both scored on the same folds; the lower held-out log-loss wins, at its best C (``Cs``:
+    * ``member``: the best single member as it is, when neither model beats it on the
+      held-out rows (a stack that cannot win then ties instead of losing).
+
+    All scored on the same folds; the lowest held-out log-loss wins, at its best C (``Cs``:
     C values or their number, as ``LogisticHead``'s; the pool's penalty is 1 / (C n)). No
     temperatures: the level-1 weights scale each member themselves. Exported as one linear
     layer on the concatenated log-probabilities either way.
@@ -283,10 +297,18 @@ class LogProbaStack(ClassifierMixin, BaseEstimator):
                     y[va])[0] for tr, va in splits]
                 pool[float(C)] = float(np.mean(held))
         C_pool = min(pool, key=pool.get)
+        member = [float(np.mean([_losses(A[j][va][None], y[va])[0] for _, va in splits]))
+                  for j in range(m)]
+        best = int(np.argmin(member))
         self.cv_log_loss_ = {"full": float(head.cv_log_loss_.mean(axis=1).min()),
-                             "pool": pool[C_pool]}
-        self.n_members_, self.classes_ = m, np.arange(k)
-        if self.cv_log_loss_["pool"] <= self.cv_log_loss_["full"]:
+                             "pool": pool[C_pool], "member": member[best]}
+        self.n_members_, self.classes_, self.member_ = m, np.arange(k), None
+        if member[best] < min(self.cv_log_loss_["full"], self.cv_log_loss_["pool"]):
+            # Neither level-1 model beats its best member on held-out rows: be that member.
+            self.form_, self.C_, self.member_ = "member", None, best
+            theta = np.concatenate([np.eye(m)[best], np.zeros(k)])
+            self.coef_, self.intercept_ = self._pool_layer(theta, m, k)
+        elif self.cv_log_loss_["pool"] <= self.cv_log_loss_["full"]:
             self.form_, self.C_ = "pool", C_pool
             with _thread_limit(1):
                 theta = _fit_pool(L, y, 1.0 / (C_pool * n))

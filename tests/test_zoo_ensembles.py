@@ -85,8 +85,9 @@ def test_a_zoo_of_identical_members_gives_an_ensemble_equal_to_that_member(tmp_p
         np.testing.assert_allclose(r["test"], temper(one["test"], T), atol=1e-12)
         assert set(r["source"]["temperatures"]) == {T}
     stack = next(r for r in rows if r["source"]["combiner"] == "stack")
-    assert log_loss(one["y_test"], stack["test"]) == pytest.approx(
-        log_loss(one["y_test"], temper(one["test"], T)), abs=0.05)
+    # The stack may recalibrate the member (its full form on the out-of-fold rows), never lose.
+    assert log_loss(one["y_test"], stack["test"]) <= log_loss(
+        one["y_test"], temper(one["test"], T)) + 0.05
 
 
 def test_recommended_row_is_the_validation_argmin_on_every_board(tmp_path):

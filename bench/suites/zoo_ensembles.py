@@ -163,7 +163,9 @@ def _row(tag: str, kind: str, est, group: list[dict], test: np.ndarray, fit_s: f
                                    "of the members in order"})
         src = {"combiner": "stack", "stack": str(path.relative_to(zdir.parent)),
                "log_eps": est.log_eps, "C": est.C_, "form": est.form_}
-        form = "log-linear pool" if est.form_ == "pool" else "logistic on log-probas"
+        form = (f"its best member alone: {group[est.member_]['name']}"
+                if est.form_ == "member" else
+                {"pool": "log-linear pool", "full": "logistic on log-probas"}[est.form_])
         name = f"stack of {what} ({form}, chosen by CV)"
     else:
         weights = est.weights_
