@@ -112,6 +112,8 @@ def ensemble_rows(members: list[dict], zdir: Path, seed: int,
             t0 = time.perf_counter()
             est.fit(P, y)
             oof = cross_fit_predict(est, P, y, cv=LEVEL2_FOLDS, random_state=seed)
+            if kind != "stack":
+                oof = _or_best_member(est, P, y, oof, group)
             fit_s = time.perf_counter() - t0
             rows.append(_row(tag, kind, est, group, est.predict_proba(T), fit_s, zdir, {
                 "oof": oof, "y_oof": y, "oof_ids": ids, "trained_on": np.zeros(0, np.int64),
@@ -148,6 +150,25 @@ def aligned_labels(group: list[dict], ids: np.ndarray) -> np.ndarray:
     return ys[0]
 
 
+def _or_best_member(est, P: np.ndarray, y: np.ndarray, oof: np.ndarray,
+                    group: list[dict]) -> np.ndarray:
+    """A weighted combiner whose own out-of-fold log-loss is worse than its best member's on
+    the same honest rows becomes that member alone (weight 1, no temperature), so that it
+    ties instead of losing (as the stack's ``member`` form); returns the row's validation
+    predictions. On the fast digits zoo the bagged selection scored 0.0914 there against
+    ResNet-20's 0.0607, and lost on test beyond the interval."""
+    from ensembles import log_loss
+
+    own = [log_loss(y, p) for p in P]
+    j = int(np.argmin(own))
+    if own[j] >= log_loss(y, oof):
+        return oof
+    est.weights_ = np.eye(len(P))[j]
+    est.temperatures_ = np.ones(len(P))
+    est.alone_ = group[j]["name"]
+    return P[j]
+
+
 def _row(tag: str, kind: str, est, group: list[dict], test: np.ndarray, fit_s: float,
          zdir: Path, extra: dict) -> dict:
     """An ensemble row: name, test probabilities, cost of the members it runs, its source."""
@@ -173,6 +194,9 @@ def _row(tag: str, kind: str, est, group: list[dict], test: np.ndarray, fit_s: f
                "temperatures": [float(t) for t, w in zip(est.temperatures_, weights) if w > 0]}
         name = (f"greedy selection of {what} (bagged Caruana)" if kind == "greedy"
                 else f"top-{est.k_} average of {what}")
+        if getattr(est, "alone_", None):
+            name = (f"{'greedy selection' if kind == 'greedy' else 'top-k average'} of {what} "
+                    f"(its best member alone: {est.alone_}, chosen on validation)")
     used = [g for g, w in zip(group, weights) if w > 0]
     ips: dict = {}
     for g in used:
