@@ -18,19 +18,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 import numpy as np
 
 
 def _ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+    """Median ms of ``repeats`` calls after one warm-up call."""
+    from bench.speed.timing import time_calls
+
+    return 1000 * time_calls(fn, 0, repeats)[1]
 
 
 def jax_ops(rng) -> dict:

@@ -4,7 +4,6 @@ keys and labels per group and a reader, before any decoding."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import os
 import re
@@ -12,11 +11,10 @@ import threading
 import zipfile
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from .base import GENERIC_NAMES, SPLIT_FOLDERS, Source, display_name  # noqa: F401
+from .base import SPLIT_FOLDERS, Source, display_name  # noqa: F401  (re-exported)
 from .cache import digest
 
 IMAGE_EXTENSIONS = frozenset({

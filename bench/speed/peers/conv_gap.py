@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import numpy as np
 
@@ -25,14 +23,10 @@ N_CONVS = {16: 6, 32: 6, 64: 6}  # 3x3 convs per width in ResNet-20 (stride-2 on
 
 
 def _median_ms(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+    """Median ms of ``repeats`` calls after ``warmup`` (``bench.speed.timing.time_calls``)."""
+    from ..timing import time_calls
+
+    return 1000 * time_calls(fn, max(0, warmup - 1), repeats)[1]
 
 
 def time_jax(batch: int, size: int, ch: int, warmup: int, repeats: int) -> dict:
