@@ -36,6 +36,7 @@ from bench import engine
 from bench.config import RunConfig, make
 from runtime import io as bio
 from runtime.devices import device_description, device_line
+from runtime.malloc import allocator
 from runtime.versions import versions as _base_versions
 
 from .timing import (PEAK_TFLOPS, ROW_KEYS, cpu_peak, cpu_peak_text, new_row,  # noqa: F401
@@ -394,7 +395,8 @@ def speed_markdown(rows: list[dict], meta: dict | None = None) -> str:
                   f"- device: {meta.get('device', '')}",
                   "- versions: " + ", ".join(f"{k} {v}" for k, v in
                                               (meta.get("versions") or {}).items()),
-                  f"- date: {meta.get('date', '')}", "",
+                  f"- date: {meta.get('date', '')}",
+                  f"- memory allocator: {meta.get('allocator', 'not recorded')}", "",
                   "Ours: `bench train`'s own step (engine.build_steps: on-device gather, "
                   "augmentation, preprocessing, forward, loss, backward, SGD) on random uint8 "
                   "images; peers: their framework's step on preprocessed float inputs. Median "
@@ -432,7 +434,7 @@ def write_speed(rows: list[dict], out_dir: str | Path, name: str = "speed",
     meta = {"command": command if command is not None else shlex.join(sys.argv),
             "device": device_line(device_description()),
             "versions": _versions(rows), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            **(extra or {})}
+            "allocator": allocator(), **(extra or {})}
     json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
     bio.write_json(json_path, dict(meta, kind="bench-speed", rows=rows))
     bio.write_text(md_path, speed_markdown(rows, meta))
