@@ -530,11 +530,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``bench ARGS``. Bad input ends in one line on stderr naming the flag or file, the
     value and what is accepted (exit 2); an unexpected error likewise, with its traceback
     only under ``--debug`` (anywhere on the line) or ``BENCH_DEBUG=1``."""
-    from runtime.malloc import keep_freed_memory, reexec_under_tcmalloc
+    from runtime.malloc import is_bench_program, keep_freed_memory, reexec_under_tcmalloc
 
-    if argv is None:  # the program itself: restart under tcmalloc where the system has it
-        reexec_under_tcmalloc()
-    keep_freed_memory()  # else glibc keeps freed blocks (runtime/malloc.py)
+    if argv is None and is_bench_program():  # never a host that calls main() (a notebook)
+        reexec_under_tcmalloc()  # returns only where tcmalloc is not to be had
+        keep_freed_memory()  # then glibc keeps freed blocks (runtime/malloc.py)
     from .train import TrainingDiverged  # numpy only: no JAX on the --help path
 
     argv = list(sys.argv[1:] if argv is None else argv)

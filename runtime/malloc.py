@@ -21,6 +21,11 @@ sets three glibc ``mallopt`` settings, which need no other library but only most
   do);
 - ``M_ARENA_MAX = 1``: one arena for all threads, the main heap, which can hold any size.
 
+Both happen only in the ``bench`` program itself, never in a host that calls
+``bench.cli.main()`` (a notebook, a test runner): the ``mallopt`` settings also slow XLA's
+compiler (InceptionV3's train step compiled in 44-48 s against 40 s), which such a host did
+not ask for.
+
 Library users start Python with ``LD_PRELOAD=$(python -m runtime.malloc)`` or call
 :func:`keep_freed_memory` before their first JAX computation. ``BENCH_MALLOC=system`` leaves
 the allocator alone; ``BENCH_MALLOC=glibc`` skips tcmalloc and keeps the ``mallopt``
@@ -78,7 +83,7 @@ def reexec_under_tcmalloc() -> None:
         return
     path = find_tcmalloc()
     argv = list(getattr(sys, "orig_argv", []) or [])
-    if path is None or not argv or not sys.executable or not _is_bench_program():
+    if path is None or not argv or not sys.executable or not is_bench_program():
         return
     preload = " ".join(p for p in (path, os.environ.get("LD_PRELOAD", "")) if p)
     env = dict(os.environ, LD_PRELOAD=preload, **{_REEXEC: "1"})
@@ -92,7 +97,7 @@ def reexec_under_tcmalloc() -> None:
         return
 
 
-def _is_bench_program() -> bool:
+def is_bench_program() -> bool:
     """Whether this process is the ``bench`` program itself (its console script, ``python
     -m bench`` or ``python -m bench.cli``), not a notebook, test runner or other host that
     called ``bench.cli.main()``: only then may it be restarted."""

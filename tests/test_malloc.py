@@ -105,4 +105,4 @@ def test_only_the_bench_program_restarts_itself(monkeypatch):
                             (str(ROOT / "bench" / "cli.py"), True),
                             (str(ROOT / "bench" / "__main__.py"), True)):
         monkeypatch.setattr(sys, "argv", [argv0, "speed"])
-        assert malloc._is_bench_program() is expected, argv0
+        assert malloc.is_bench_program() is expected, argv0
