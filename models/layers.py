@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from runtime import onednn
+
 # Keras' defaults differ from Flax's: BatchNormalization(momentum=0.99, epsilon=1e-3).
 KERAS_BN_EPS = 1e-3
 KERAS_BN_MOMENTUM = 0.99
@@ -314,28 +316,63 @@ _DEPTHWISE_FNS = {"conv": depthwise_conv_grouped, "taps": depthwise_conv_taps}
 # concatenated on the channel axis) and one product. XLA:CPU runs those convolutions, and
 # above all their kernel gradients, several times slower than the product it is (measured at
 # MobileNetV2's shapes, batch 16, 2-core CPU: 1x1 forward 2.5x, forward + backward 5.9x;
-# the 3x3 RGB stem's kernel gradient 2.2x). ``"auto"``: ``"matmul"`` on CPU where it applies,
-# else ``"xla"``, decided at trace time.
+# the 3x3 RGB stem's kernel gradient 2.2x).
+#
+# ``"onednn"`` keeps ``"matmul"``'s rules and runs every other convolution without groups
+# (float32, kernel larger than 1x1) through oneDNN, forward and both gradients, as XLA FFI
+# custom calls (``runtime/onednn.py``): XLA:CPU's own 3x3 convolution is 1.3-3x slower than
+# oneDNN's at the ResNets' shapes, its kernel gradient most (``docs/cpu-formulations.md``).
+# The extension is built on first use where the system has a C++ compiler and oneDNN.
+#
+# ``"auto"``, decided at trace time: on CPU, ``"onednn"`` where the extension is available
+# and the process has one device (a custom call has no sharding rule, so a data-parallel
+# mesh keeps XLA's convolution), else ``"matmul"``; ``"xla"`` on other backends.
 #
 # ``"im2col"`` and ``"taps"`` (opt-in, for measurement: neither is faster on the CPUs
 # measured, ``docs/cpu-formulations.md``) keep ``"matmul"``'s rules and, for every other
 # convolution without groups, ``lax.conv`` forward and input gradient with a hand-written
 # kernel gradient: the im2col patches times the output gradient (one matrix product), or
 # one product per kernel tap (``conv_lax_custom_dw``).
-CONV_IMPLS = ("auto", "xla", "matmul", "im2col", "taps")
+CONV_IMPLS = ("auto", "xla", "matmul", "im2col", "taps", "onednn")
 _ENV_CONV = "BENCH_CONV"
 IM2COL_MAX_IN = 4
 
 
 def resolve_conv_impl(impl: str | None = None) -> str:
-    """``"xla"``, ``"matmul"``, ``"im2col"`` or ``"taps"``: ``impl``, else ``$BENCH_CONV``,
-    else ``"auto"`` (``"matmul"`` on CPU, ``"xla"`` elsewhere)."""
+    """``"xla"``, ``"matmul"``, ``"im2col"``, ``"taps"`` or ``"onednn"``: ``impl``, else
+    ``$BENCH_CONV``, else ``"auto"`` (on CPU ``"onednn"`` where available with one device,
+    else ``"matmul"``; ``"xla"`` elsewhere). ``"onednn"`` asked for where the extension
+    cannot be built raises RuntimeError saying why."""
     impl = impl or os.environ.get(_ENV_CONV) or "auto"
     if impl not in CONV_IMPLS:
         raise ValueError(f"conv impl {impl!r}: expected one of {CONV_IMPLS}")
     if impl == "auto":
-        return "matmul" if jax.default_backend() == "cpu" else "xla"
+        if jax.default_backend() != "cpu":
+            return "xla"
+        return "onednn" if jax.device_count() == 1 and onednn.available() else "matmul"
+    if impl == "onednn" and not onednn.available():
+        raise RuntimeError(f"conv impl 'onednn': {onednn.why_unavailable()}")
     return impl
+
+
+def conv_description(impl: str | None = None) -> str:
+    """One line for result tables: how this process's ``Conv`` layers compute."""
+    try:
+        form = resolve_conv_impl(impl)
+    except RuntimeError as e:
+        return f"unavailable: {e}"
+    if form == "xla":
+        return "XLA's convolution"
+    if form == "onednn":
+        return (f"oneDNN {onednn.version()} for kxk convolutions (XLA FFI custom calls); "
+                "1x1 and RGB-stem convolutions as matrix products")
+    why = ""
+    if impl is None and os.environ.get(_ENV_CONV) in (None, "", "auto"):
+        why = ("; oneDNN: more than one device" if jax.device_count() > 1
+               else f"; oneDNN: {onednn.why_unavailable()}")
+    return (f"XLA's for kxk convolutions ({form} kernel gradient)" if form in ("im2col", "taps")
+            else "XLA's for kxk convolutions") + \
+        "; 1x1 and RGB-stem convolutions as matrix products" + why
 
 
 def conv_matmul_applies(kernel_shape, feature_group_count: int = 1) -> bool:
@@ -418,9 +455,10 @@ _conv_custom_dw.defvjp(_conv_custom_dw_fwd, _conv_custom_dw_bwd)
 
 class Conv(nnx.Conv):
     """``nnx.Conv`` (same parameters, kernel layout and results) that runs, on CPU, a 1x1
-    convolution and a convolution of an RGB-like input as a matrix product (``conv_matmul``;
-    ``impl`` / ``$BENCH_CONV``: ``"auto"``, ``"xla"``, ``"matmul"``). Every family builds
-    its convolutions with it; weight loaders see an ``nnx.Conv``."""
+    convolution and a convolution of an RGB-like input as a matrix product (``conv_matmul``)
+    and every other float32 convolution without groups through oneDNN where the extension
+    is available (``runtime.onednn``); ``impl`` / ``$BENCH_CONV``: one of ``CONV_IMPLS``.
+    Every family builds its convolutions with it; weight loaders see an ``nnx.Conv``."""
 
     def __init__(self, *args, impl: str | None = None, **kwargs):
         if impl is not None and impl not in CONV_IMPLS:
@@ -429,8 +467,9 @@ class Conv(nnx.Conv):
         self.impl = impl
 
     def _form(self, x) -> str:
-        """``"xla"`` (``nnx.Conv``'s own), ``"matmul"``, ``"im2col"`` or ``"taps"`` for this
-        call: the resolved impl where it applies to this kernel and input."""
+        """``"xla"`` (``nnx.Conv``'s own), ``"matmul"``, ``"im2col"``, ``"taps"`` or
+        ``"onednn"`` for this call: the resolved impl where it applies to this kernel and
+        input."""
         kernel_shape = self.kernel.shape
         impl = resolve_conv_impl(self.impl)
         if (impl == "xla" or x.ndim != 4 or self.mask is not None or len(kernel_shape) != 4
@@ -440,7 +479,7 @@ class Conv(nnx.Conv):
             return "xla"
         if conv_matmul_applies(kernel_shape, self.feature_group_count):
             return "matmul"
-        return impl if impl in ("im2col", "taps") else "xla"
+        return impl if impl in ("im2col", "taps", "onednn") else "xla"
 
     def __call__(self, x: jax.Array) -> jax.Array:
         form = self._form(x)
@@ -448,8 +487,18 @@ class Conv(nnx.Conv):
             return super().__call__(x)
         kernel = self.kernel[...]
         bias = self.bias[...] if self.bias is not None else None
+        x_in = x
         x, kernel, bias = self.promote_dtype((x, kernel, bias), dtype=self.dtype)
-        if form == "matmul":
+        if form == "onednn":
+            strides = _pair(self.strides, "strides")
+            dilation = _pair(self.kernel_dilation, "kernel_dilation")
+            pads = _explicit_pads(self.padding, x.shape[1:3], kernel.shape[:2], strides,
+                                  dilation)
+            if (x.dtype != jnp.float32 or kernel.dtype != jnp.float32
+                    or any(p < 0 for pair in pads for p in pair)):
+                return super().__call__(x_in)
+            y = onednn.conv2d(x, kernel, strides, pads, dilation)
+        elif form == "matmul":
             y = conv_matmul(x, kernel, self.strides, self.padding, self.kernel_dilation)
         else:
             y = conv_lax_custom_dw(x, kernel, self.strides, self.padding,

@@ -5,8 +5,9 @@
 
 Variants (each part runs in turn under each, so a change in the machine's load falls on
 both): ``before`` is ``BENCH_CONV=xla BENCH_MALLOC=system`` (XLA's own regular convolutions,
-glibc's allocator as it comes; depthwise convolutions stay taps in both), ``after`` the
-defaults (1x1 and RGB-stem convolutions as matrix products, tcmalloc where the system has it).
+glibc's allocator as it comes; depthwise convolutions are the taps in both, with the
+code's present gradients), ``after`` the defaults (1x1 and RGB-stem convolutions as matrix
+products, the others through oneDNN where it builds, tcmalloc where the system has it).
 Each run has a fresh cache folder of its own (``BENCH_CACHE_DIR``), so neither reuses the
 other's decoded data, compiled programs or features. Parts:
 

@@ -138,6 +138,7 @@ def test_speed_runs_each_precision_with_its_peers(monkeypatch):
     monkeypatch.setattr(harness, "measure", fake_measure)
     monkeypatch.setattr(peers, "measure_peer", fake_peer)
     rows = harness.speed(["resnet20"], batch_size=8, precision="fp32,bf16",
+                         isolate_peers=False,
                          vs=("torch", "timm+compile"), measured_peaks={"bf16": 2.0})
     assert [(r["framework"], r["precision"]) for r in rows] == [
         ("jax", "fp32"), ("torch", "fp32"), ("timm+compile", "fp32"),

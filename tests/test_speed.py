@@ -8,7 +8,9 @@ import csv
 import json
 import math
 import re
+import sys
 
+import jax
 import pytest
 
 from bench.report import compare
@@ -163,7 +165,8 @@ def test_peer_ratios_and_missing_peers(monkeypatch):
     monkeypatch.setattr(speed, "measure", fake_measure)
     monkeypatch.setattr(keras_peer, "measure", fake_keras)
     monkeypatch.setattr(torch_peer, "torch", None)  # as if PyTorch were not installed
-    rows = speed.speed(["resnet20"], batch_size=8, image_size=32, vs=("keras", "torch"))
+    rows = speed.speed(["resnet20"], batch_size=8, image_size=32, vs=("keras", "torch"),
+                       isolate_peers=False)
     assert [r["framework"] for r in rows] == ["jax", "keras", "torch"]
     assert rows[0]["train_vs_keras"] == pytest.approx(3.0)
     assert rows[0]["infer_vs_keras"] is None
@@ -354,3 +357,26 @@ def test_conv_gap_script_times_every_kernel(capsys, tmp_path):
         for k in ("fwd", "bwd_input", "bwd_kernel", "bwd_kernel_shifted"):
             assert r[f"jax_{k}_ms"] > 0
     assert "ResNet-20's 3x3 convolutions" in capsys.readouterr().out
+
+
+def test_peer_in_a_process_of_its_own():
+    """``bench speed`` times peers in a child process (no OpenMP runtime or thread pool
+    shared with ours); the row and the child's versions come back, a failure as a note."""
+    from bench.speed.peers import measure_peer_isolated
+
+    row = measure_peer_isolated("keras", "simplenet", batch_size=4, image_size=32)
+    assert row["framework"] == "keras" and row["model"] == "simplenet"
+    assert row["note"] and row["train_img_per_s"] is None  # no Keras simplenet, or no Keras
+    assert row["versions"]["jax"] == jax.__version__
+    with pytest.raises(ValueError, match="--vs"):
+        measure_peer_isolated("mxnet", "resnet20", batch_size=4, image_size=32)
+
+
+def test_failed_peer_process_is_a_note(monkeypatch):
+    from bench.speed.peers import measure_peer_isolated
+
+    monkeypatch.setattr(sys, "executable", "false")  # a "Python" that exits 1 at once
+    row = measure_peer_isolated("torch", "resnet20", batch_size=4, image_size=32,
+                                precision="fp32")
+    assert row["note"] == "peer process failed: exit status 1"
+    assert row["framework"] == "torch" and row["batch"] == 4 and row["train_img_per_s"] is None

@@ -31,12 +31,14 @@ import numpy as np
 
 import models
 from models import get_model_info
+from models.layers import conv_description
 
 from bench import engine
 from bench.config import RunConfig, make
 from runtime import io as bio
 from runtime.devices import device_description, device_line
 from runtime.malloc import allocator
+from runtime.onednn import custom_call_flops
 from runtime.versions import versions as _base_versions
 
 from .timing import (PEAK_TFLOPS, ROW_KEYS, cpu_peak, cpu_peak_text, new_row,  # noqa: F401
@@ -92,6 +94,10 @@ def _flops(compiled, n_devices: int) -> float | None:
     if isinstance(cost, (list, tuple)):  # older jax: one dict per partition
         cost = cost[0] if cost else None
     flops = (cost or {}).get("flops")
+    if flops is not None:
+        # oneDNN convolutions are custom calls, which XLA counts as -1 FLOP each.
+        conv_flops, calls = custom_call_flops(compiled.as_text())
+        flops = flops + calls + conv_flops
     return float(flops) * n_devices if flops and flops > 0 else None
 
 
@@ -252,7 +258,8 @@ def speed(models: Sequence[str], batch_size: int = 64, image_size: int | None = 
           warmup: int = 2, repeats: int = 10, train: bool = True, infer: bool = True,
           vs: Sequence[str] = (), num_classes: int | None = None,
           torch_compile: bool = False, progress: Callable[[str], None] | None = None,
-          measured_peaks: dict[str, float] | None = None) -> list[dict]:
+          measured_peaks: dict[str, float] | None = None,
+          isolate_peers: bool = True) -> list[dict]:
     """Time each model's train and inference steps (and its peers', with ``vs``).
 
     Args:
@@ -272,6 +279,8 @@ def speed(models: Sequence[str], batch_size: int = 64, image_size: int | None = 
       progress: called with a line of text as each row is done.
       measured_peaks: ``{precision: TFLOP/s per device}``, e.g. a measured matmul peak: our
         rows also get ``*_mfu_measured`` against it (``*_mfu`` stays against the spec).
+      isolate_peers: time each peer in a process of its own (``measure_peer_isolated``: no
+        OpenMP runtime or thread pool shared with ours); False, in this process.
 
     Returns:
       Rows with ``ROW_KEYS``: ours (``framework='jax'``) with ``train_vs_<peer>`` and
@@ -300,7 +309,9 @@ def speed(models: Sequence[str], batch_size: int = 64, image_size: int | None = 
             if progress:
                 progress(_progress_line(row))
             for peer in vs:
-                prow = peers.measure_peer(
+                measure_peer = (peers.measure_peer_isolated if isolate_peers
+                                else peers.measure_peer)
+                prow = measure_peer(
                     peer, name, batch_size=row["batch"], image_size=row["image_size"],
                     precision=prec, warmup=warmup, repeats=repeats, train=train,
                     infer=infer, num_classes=num_classes, torch_compile=torch_compile)
@@ -396,7 +407,8 @@ def speed_markdown(rows: list[dict], meta: dict | None = None) -> str:
                   "- versions: " + ", ".join(f"{k} {v}" for k, v in
                                               (meta.get("versions") or {}).items()),
                   f"- date: {meta.get('date', '')}",
-                  f"- memory allocator: {meta.get('allocator', 'not recorded')}", "",
+                  f"- memory allocator: {meta.get('allocator', 'not recorded')}",
+                  f"- convolutions: {meta.get('convolution', 'not recorded')}", "",
                   "Ours: `bench train`'s own step (engine.build_steps: on-device gather, "
                   "augmentation, preprocessing, forward, loss, backward, SGD) on random uint8 "
                   "images; peers: their framework's step on preprocessed float inputs. Median "
@@ -423,7 +435,10 @@ def _versions(rows: list[dict]) -> dict:
     extra = ["keras"] if "keras" in frameworks else []
     if frameworks & {"torch", "timm"}:
         extra += ["torch", "torchvision", "timm"]  # each only where already imported
-    return _base_versions(*extra)
+    found = _base_versions(*extra)
+    for r in rows:  # peers timed in a process of their own report their versions
+        found.update({k: v for k, v in (r.get("versions") or {}).items() if k not in found})
+    return found
 
 
 def write_speed(rows: list[dict], out_dir: str | Path, name: str = "speed",
@@ -434,7 +449,7 @@ def write_speed(rows: list[dict], out_dir: str | Path, name: str = "speed",
     meta = {"command": command if command is not None else shlex.join(sys.argv),
             "device": device_line(device_description()),
             "versions": _versions(rows), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "allocator": allocator(), **(extra or {})}
+            "allocator": allocator(), "convolution": conv_description(), **(extra or {})}
     json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
     bio.write_json(json_path, dict(meta, kind="bench-speed", rows=rows))
     bio.write_text(md_path, speed_markdown(rows, meta))

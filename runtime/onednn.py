@@ -1,0 +1,233 @@
+"""oneDNN's CPU convolution inside XLA programs: ``conv2d`` (NHWC, HWIO, no groups, float32)
+with its two gradients, each an XLA FFI custom call into ``runtime/onednn_conv.cc``.
+
+Why: XLA:CPU's own convolution runs 1.8-3.5x slower than oneDNN's at the CIFAR ResNets'
+and ResNet-50's 3x3 shapes, the kernel gradient most (``docs/cpu-formulations.md``), and no
+formulation in JAX closes it. The jaxlib wheels carry oneDNN, but their convolution rewrite
+is compiled out.
+
+The extension is built on first use, like ``torch.utils.cpp_extension.load``: the system's
+C++ compiler (``$CXX``, else ``c++``) against the system's oneDNN (Debian/Ubuntu:
+``apt-get install libdnnl-dev``) and jaxlib's own FFI headers, into
+``<cache>/ext/onednn_conv-<hash>.so`` (``runtime.paths.cache_root()``; the hash covers the
+source, jaxlib's version and the compiler), written atomically; later processes load it.
+Where anything is missing, ``available()`` is False, ``why_unavailable()`` says what, and
+``models.layers.Conv`` keeps XLA's convolution. Nothing is downloaded.
+
+``BENCH_ONEDNN=0`` turns it off; ``BENCH_REQUIRE_ONEDNN=1`` (CI) makes a failed build an
+error instead of a fallback.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from runtime.paths import cache_root
+
+SOURCE = Path(__file__).with_name("onednn_conv.cc")
+_TARGETS = {"fwd": "BenchOnednnConvForward", "dx": "BenchOnednnConvInputGrad",
+            "dk": "BenchOnednnConvKernelGrad"}
+_lock = threading.Lock()
+_state: dict = {}  # "lib", "version" once loaded, or "error"
+
+
+def _library_path(cxx: str) -> Path:
+    import jaxlib
+
+    h = hashlib.sha256(SOURCE.read_bytes())
+    h.update(f"{jaxlib.__version__}\0{cxx}".encode())
+    return cache_root() / "ext" / f"onednn_conv-{h.hexdigest()[:16]}.so"
+
+
+def build(force: bool = False) -> Path:
+    """Compile the extension unless a built copy for this source, jaxlib and compiler is
+    cached; return its path. Raises RuntimeError with one line saying what is missing."""
+    cxx = os.environ.get("CXX") or "c++"
+    if shutil.which(cxx) is None:
+        raise RuntimeError(f"no C++ compiler {cxx!r} on PATH (set $CXX or install g++)")
+    if ctypes.util.find_library("dnnl") is None:
+        raise RuntimeError("oneDNN not found (libdnnl; Debian/Ubuntu: apt-get install "
+                           "libdnnl-dev)")
+    out = _library_path(cxx)
+    if out.is_file() and not force:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=out.stem, suffix=".so.tmp", dir=out.parent)
+    os.close(fd)
+    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-isystem", jax.ffi.include_dir(),
+           str(SOURCE), "-o", tmp, "-ldnnl"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            first = next((ln for ln in proc.stderr.splitlines() if "error" in ln),
+                         proc.stderr.strip()[-300:])
+            raise RuntimeError(f"building {SOURCE.name} failed: {first.strip()}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def _load() -> dict:
+    """Build, load and register the three FFI targets once per process."""
+    with _lock:
+        if _state:
+            return _state
+        try:
+            if os.environ.get("BENCH_ONEDNN", "1").strip().lower() in ("0", "off", "false", "no"):
+                raise RuntimeError("turned off by BENCH_ONEDNN=0")
+            lib = ctypes.cdll.LoadLibrary(str(build()))
+            for target, symbol in _TARGETS.items():
+                jax.ffi.register_ffi_target(f"bench_onednn_conv_{target}",
+                                            jax.ffi.pycapsule(getattr(lib, symbol)),
+                                            platform="cpu")
+            lib.BenchOnednnVersion.restype = ctypes.c_char_p
+            _state.update(lib=lib, version=lib.BenchOnednnVersion().decode())
+        except (RuntimeError, OSError, subprocess.TimeoutExpired, AttributeError) as e:
+            if os.environ.get("BENCH_REQUIRE_ONEDNN") == "1":
+                raise RuntimeError(f"oneDNN convolution required (BENCH_REQUIRE_ONEDNN=1) "
+                                   f"but unavailable: {e}") from None
+            _state["error"] = str(e)
+        return _state
+
+
+def available() -> bool:
+    """Whether ``conv2d`` can run here (builds the extension on the first call)."""
+    return "lib" in _load()
+
+
+def why_unavailable() -> str | None:
+    """None when available, else one line saying why not."""
+    return _load().get("error")
+
+
+def version() -> str | None:
+    """oneDNN's version, as the loaded library reports it, or None."""
+    return _load().get("version")
+
+
+def describe() -> str:
+    """One line for speed tables: which convolution the CPU programs use."""
+    return (f"oneDNN {version()} (XLA FFI custom call)" if available()
+            else f"XLA's own ({why_unavailable()})")
+
+
+def conv2d(x, kernel, strides, pads, dilation):
+    """``lax.conv_general_dilated(x, kernel, strides, pads, rhs_dilation=dilation,
+    dimension_numbers=("NHWC", "HWIO", "NHWC"))`` for float32, computed by oneDNN, with
+    both gradients by oneDNN too. ``strides``, ``dilation``: pairs; ``pads``: two
+    ``(lo, hi)`` pairs, none negative. Raises RuntimeError where ``available()`` is
+    False."""
+    if not available():
+        raise RuntimeError(f"oneDNN conv2d unavailable: {why_unavailable()}")
+    if x.dtype != jnp.float32 or kernel.dtype != jnp.float32:
+        raise TypeError(f"oneDNN conv2d takes float32, got {x.dtype} and {kernel.dtype}")
+    if x.ndim != 4 or kernel.ndim != 4 or x.shape[3] != kernel.shape[2]:
+        raise ValueError(f"oneDNN conv2d: input {x.shape} and HWIO kernel {kernel.shape}")
+    geom = (tuple(strides), tuple(tuple(p) for p in pads), tuple(dilation))
+    if any(p < 0 for pair in geom[1] for p in pair):
+        raise ValueError(f"oneDNN conv2d: negative padding {geom[1]}")
+    if kernel.shape[:2] == (1, 1):
+        # oneDNN 2.6's 1x1 kernel gradient with a stride gave wrong sums on its first call
+        # for some small shapes (2x8x8x3 -> 8, stride 2); a 1x1 convolution is a matrix
+        # product, which models.layers.conv_matmul computes.
+        raise ValueError("oneDNN conv2d: 1x1 kernels are matrix products (conv_matmul)")
+    return _conv(x, kernel, geom)
+
+
+def _attrs(geom) -> dict:
+    strides, pads, dilation = geom
+    return dict(strides=np.asarray(strides, np.int64),
+                pad_lo=np.asarray([p[0] for p in pads], np.int64),
+                pad_hi=np.asarray([p[1] for p in pads], np.int64),
+                dilation=np.asarray(dilation, np.int64))
+
+
+def _out_hw(x_shape, k_shape, geom):
+    strides, pads, dilation = geom
+    return tuple((x_shape[1 + i] + sum(pads[i]) - (k_shape[i] - 1) * dilation[i] - 1)
+                 // strides[i] + 1 for i in range(2))
+
+
+def _forward(x, kernel, geom):
+    oh, ow = _out_hw(x.shape, kernel.shape, geom)
+    if oh <= 0 or ow <= 0:
+        raise ValueError(f"oneDNN conv2d of {x.shape} with {kernel.shape}: empty output")
+    out = jax.ShapeDtypeStruct((x.shape[0], oh, ow, kernel.shape[3]), x.dtype)
+    return jax.ffi.ffi_call("bench_onednn_conv_fwd", out, vmap_method="sequential")(
+        x, kernel, **_attrs(geom))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv(x, kernel, geom):
+    return _forward(x, kernel, geom)
+
+
+def _conv_fwd(x, kernel, geom):
+    return _forward(x, kernel, geom), (x, kernel)
+
+
+def _conv_bwd(geom, res, g):
+    x, kernel = res
+    g = g.astype(jnp.float32)
+    dx = jax.ffi.ffi_call("bench_onednn_conv_dx", jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          vmap_method="sequential")(g, kernel, **_attrs(geom))
+    dk = jax.ffi.ffi_call("bench_onednn_conv_dk",
+                          jax.ShapeDtypeStruct(kernel.shape, kernel.dtype),
+                          vmap_method="sequential")(x, g, **_attrs(geom))
+    return dx, dk
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+_CALL = re.compile(r"= f32\[([\d,]*)\]\S* custom-call\(.*"
+                   r"custom_call_target=\"bench_onednn_conv_(\w+)\""
+                   r".*operand_layout_constraints=\{f32\[([\d,]*)\]\S*, f32\[([\d,]*)\]"
+                   r".*backend_config=\{([^}]*)\}")
+_ATTR = re.compile(r"(\w+) = dense<\[?([-\d, ]+)\]?>")
+
+
+def _taps_reading_input(size: int, out: int, kernel: int, stride: int, pad_lo: int,
+                        dilation: int) -> int:
+    """(output position, tap) pairs along one axis whose input index is inside the image."""
+    return sum(1 for o in range(out) for t in range(kernel)
+               if 0 <= o * stride + t * dilation - pad_lo < size)
+
+
+def custom_call_flops(hlo_text: str) -> tuple[float, int]:
+    """FLOPs of the oneDNN convolution calls in a compiled module's text, which XLA's cost
+    analysis cannot see (it counts each custom call as -1 FLOP), and how many there are.
+    Counted as XLA counts a convolution: 2 FLOPs per multiply-add that reads an input pixel
+    (not the padding), the same for each of the three passes."""
+    flops, count = 0.0, 0
+    for m in _CALL.finditer(hlo_text):
+        kind = m.group(2)
+        result, a, b = ([int(d) for d in m.group(i).split(",") if d] for i in (1, 3, 4))
+        attrs = {}
+        for name, vals in _ATTR.findall(m.group(5)):
+            v = [int(t) for t in vals.replace(" ", "").split(",")]
+            attrs[name] = v * 2 if len(v) == 1 else v
+        x, out, kernel = {"fwd": (a, result, b), "dx": (result, a, b),
+                          "dk": (a, b, result)}[kind]
+        valid = [_taps_reading_input(x[1 + i], out[1 + i], kernel[i], attrs["strides"][i],
+                                     attrs["pad_lo"][i], attrs["dilation"][i])
+                 for i in range(2)]
+        flops += 2.0 * out[0] * out[3] * kernel[2] * valid[0] * valid[1]
+        count += 1
+    return flops, count

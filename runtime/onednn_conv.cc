@@ -1,0 +1,250 @@
+// 2-D convolution (NHWC activations, HWIO kernel, no groups) on the CPU through oneDNN, as
+// three XLA FFI handlers: the forward, the input gradient and the kernel gradient. Built and
+// loaded by runtime/onednn.py, used by models.layers.Conv on CPU (see docs/cpu-formulations.md).
+//
+// Attributes (int64 arrays of two): strides, pad_lo, pad_hi (explicit padding, >= 0) and
+// dilation (1 = none). Activations stay NHWC in XLA's buffers (oneDNN's "nhwc" tag, no
+// copies); the kernel is reordered from HWIO to the layout the chosen implementation wants on
+// every call (the kernels are small), and the kernel gradient back to HWIO.
+//
+// A primitive is made once per shape and kind and kept in a map under a mutex. XLA runs
+// independent thunks at once (a step's input and kernel gradients, say), so every primitive
+// takes a user-managed scratchpad, allocated per call: with the library's shared one, two
+// concurrent executions overwrote each other's partial sums (wrong kernel gradients).
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using dims = dnnl::memory::dims;
+using tag = dnnl::memory::format_tag;
+constexpr auto f32 = dnnl::memory::data_type::f32;
+
+enum Kind { kForward = 0, kInputGrad = 1, kKernelGrad = 2 };
+
+struct Geometry {
+  dims src, weights, dst, strides, pad_lo, pad_hi, dilation;  // oneDNN's logical orders
+  auto key(int kind) const {
+    return std::make_tuple(kind, src, weights, dst, strides, pad_lo, pad_hi, dilation);
+  }
+};
+
+struct Prim {
+  dnnl::primitive prim;
+  dnnl::memory::desc weights;  // the layout the primitive reads or writes its kernel in
+  dnnl::memory::desc scratchpad;
+};
+
+dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
+  auto any = dnnl::memory::desc(g.weights, f32, tag::any);
+  auto d = dnnl::convolution_forward::desc(
+      dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+      dnnl::memory::desc(g.src, f32, tag::nhwc), any, dnnl::memory::desc(g.dst, f32, tag::nhwc),
+      g.strides, g.dilation, g.pad_lo, g.pad_hi);
+  return dnnl::convolution_forward::primitive_desc(d, UserScratchpad(), Engine());
+}
+
+Prim Make(int kind, const Geometry& g) {
+  auto fwd = ForwardDesc(g);
+  if (kind == kForward) {
+    return {dnnl::convolution_forward(fwd), fwd.weights_desc(), fwd.scratchpad_desc()};
+  }
+  auto src = dnnl::memory::desc(g.src, f32, tag::nhwc);
+  auto dst = dnnl::memory::desc(g.dst, f32, tag::nhwc);
+  auto any = dnnl::memory::desc(g.weights, f32, tag::any);
+  if (kind == kInputGrad) {
+    auto d = dnnl::convolution_backward_data::desc(dnnl::algorithm::convolution_direct, src,
+                                                   any, dst, g.strides, g.dilation, g.pad_lo,
+                                                   g.pad_hi);
+    auto pd = dnnl::convolution_backward_data::primitive_desc(d, UserScratchpad(), Engine(),
+                                                              fwd);
+    return {dnnl::convolution_backward_data(pd), pd.weights_desc(), pd.scratchpad_desc()};
+  }
+  auto d = dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, src,
+                                                    any, dst, g.strides, g.dilation, g.pad_lo,
+                                                    g.pad_hi);
+  auto pd = dnnl::convolution_backward_weights::primitive_desc(d, UserScratchpad(), Engine(),
+                                                               fwd);
+  return {dnnl::convolution_backward_weights(pd), pd.diff_weights_desc(),
+          pd.scratchpad_desc()};
+}
+
+std::shared_ptr<const Prim> Get(int kind, const Geometry& g) {
+  static std::mutex mu;
+  static std::map<decltype(g.key(0)), std::shared_ptr<const Prim>> cache;
+  auto key = g.key(kind);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+  }
+  auto made = std::make_shared<const Prim>(Make(kind, g));
+  std::lock_guard<std::mutex> lock(mu);
+  return cache.emplace(key, made).first->second;
+}
+
+dnnl::stream& Stream() {
+  thread_local dnnl::stream stream(Engine());
+  return stream;
+}
+
+// x: (n, h, w, c) NHWC, kernel: (kh, kw, c, o) HWIO, y: (n, oh, ow, o) NHWC.
+ffi::Error MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k,
+                        ffi::Span<const int64_t> y, ffi::Span<const int64_t> strides,
+                        ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
+                        ffi::Span<const int64_t> dilation, Geometry* g) {
+  if (x.size() != 4 || k.size() != 4 || y.size() != 4 || strides.size() != 2 ||
+      pad_lo.size() != 2 || pad_hi.size() != 2 || dilation.size() != 2) {
+    return ffi::Error::InvalidArgument("onednn conv: expected 4-d operands, 2-d attributes");
+  }
+  if (k[2] != x[3] || k[3] != y[3] || x[0] != y[0]) {
+    return ffi::Error::InvalidArgument("onednn conv: operand shapes do not match");
+  }
+  for (int i = 0; i < 2; ++i) {
+    if (strides[i] < 1 || dilation[i] < 1 || pad_lo[i] < 0 || pad_hi[i] < 0) {
+      return ffi::Error::InvalidArgument("onednn conv: strides/dilation >= 1, pads >= 0");
+    }
+  }
+  g->src = {x[0], x[3], x[1], x[2]};
+  g->weights = {k[3], k[2], k[0], k[1]};
+  g->dst = {y[0], y[3], y[1], y[2]};
+  g->strides = {strides[0], strides[1]};
+  g->pad_lo = {pad_lo[0], pad_lo[1]};
+  g->pad_hi = {pad_hi[0], pad_hi[1]};
+  g->dilation = {dilation[0] - 1, dilation[1] - 1};  // oneDNN counts the gaps
+  return ffi::Error::Success();
+}
+
+template <typename Body>
+ffi::Error Guarded(Body body) {
+  try {
+    body();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("onednn conv: ") + e.what());
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("onednn conv: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+// Runs a forward or input-gradient primitive: its kernel is read in `p.weights`' layout.
+void RunWithKernel(const Prim& p, const Geometry& g, float* kernel, int in_arg, float* in,
+                   const dims& in_dims, int out_arg, float* out, const dims& out_dims) {
+  auto& eng = Engine();
+  auto& s = Stream();
+  dnnl::memory hwio(dnnl::memory::desc(g.weights, f32, tag::hwio), eng, kernel);
+  dnnl::memory w = hwio;
+  if (p.weights != hwio.get_desc()) {
+    w = dnnl::memory(p.weights, eng);
+    dnnl::reorder(hwio, w).execute(s, hwio, w);
+  }
+  dnnl::memory a(dnnl::memory::desc(in_dims, f32, tag::nhwc), eng, in);
+  dnnl::memory b(dnnl::memory::desc(out_dims, f32, tag::nhwc), eng, out);
+  dnnl::memory scratch(p.scratchpad, eng);
+  p.prim.execute(s, {{in_arg, a}, {DNNL_ARG_WEIGHTS, w}, {out_arg, b},
+                     {DNNL_ARG_SCRATCHPAD, scratch}});
+  s.wait();
+}
+
+ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                   ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> strides,
+                   ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
+                   ffi::Span<const int64_t> dilation) {
+  Geometry g;
+  auto err = MakeGeometry(x.dimensions(), kernel.dimensions(), y->dimensions(), strides,
+                          pad_lo, pad_hi, dilation, &g);
+  if (!err.success()) return err;
+  return Guarded([&] {
+    auto p = Get(kForward, g);
+    RunWithKernel(*p, g, kernel.typed_data(), DNNL_ARG_SRC, x.typed_data(), g.src,
+                  DNNL_ARG_DST, y->typed_data(), g.dst);
+  });
+}
+
+ffi::Error InputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kernel,
+                     ffi::ResultBuffer<ffi::F32> dx, ffi::Span<const int64_t> strides,
+                     ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
+                     ffi::Span<const int64_t> dilation) {
+  Geometry g;
+  auto err = MakeGeometry(dx->dimensions(), kernel.dimensions(), dy.dimensions(), strides,
+                          pad_lo, pad_hi, dilation, &g);
+  if (!err.success()) return err;
+  return Guarded([&] {
+    auto p = Get(kInputGrad, g);
+    RunWithKernel(*p, g, kernel.typed_data(), DNNL_ARG_DIFF_DST, dy.typed_data(), g.dst,
+                  DNNL_ARG_DIFF_SRC, dx->typed_data(), g.src);
+  });
+}
+
+ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                      ffi::ResultBuffer<ffi::F32> dk, ffi::Span<const int64_t> strides,
+                      ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
+                      ffi::Span<const int64_t> dilation) {
+  Geometry g;
+  auto err = MakeGeometry(x.dimensions(), dk->dimensions(), dy.dimensions(), strides, pad_lo,
+                          pad_hi, dilation, &g);
+  if (!err.success()) return err;
+  return Guarded([&] {
+    auto p = Get(kKernelGrad, g);
+    auto& eng = Engine();
+    auto& s = Stream();
+    dnnl::memory src(dnnl::memory::desc(g.src, f32, tag::nhwc), eng, x.typed_data());
+    dnnl::memory diff_dst(dnnl::memory::desc(g.dst, f32, tag::nhwc), eng, dy.typed_data());
+    dnnl::memory hwio(dnnl::memory::desc(g.weights, f32, tag::hwio), eng, dk->typed_data());
+    dnnl::memory dw = hwio;
+    bool reorder = p->weights != hwio.get_desc();
+    if (reorder) dw = dnnl::memory(p->weights, eng);
+    dnnl::memory scratch(p->scratchpad, eng);
+    p->prim.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst},
+                        {DNNL_ARG_DIFF_WEIGHTS, dw}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    if (reorder) dnnl::reorder(dw, hwio).execute(s, dw, hwio);
+    s.wait();
+  });
+}
+
+}  // namespace
+
+#define BENCH_CONV_BINDING                                   \
+  ffi::Ffi::Bind()                                          \
+      .Arg<ffi::Buffer<ffi::F32>>()                         \
+      .Arg<ffi::Buffer<ffi::F32>>()                         \
+      .Ret<ffi::Buffer<ffi::F32>>()                         \
+      .Attr<ffi::Span<const int64_t>>("strides")            \
+      .Attr<ffi::Span<const int64_t>>("pad_lo")             \
+      .Attr<ffi::Span<const int64_t>>("pad_hi")             \
+      .Attr<ffi::Span<const int64_t>>("dilation")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchOnednnConvForward, Forward, BENCH_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchOnednnConvInputGrad, InputGrad, BENCH_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchOnednnConvKernelGrad, KernelGrad, BENCH_CONV_BINDING);
+
+extern "C" const char* BenchOnednnVersion() {
+  static std::string v = [] {
+    auto* ver = dnnl_version();
+    return std::to_string(ver->major) + "." + std::to_string(ver->minor) + "." +
+           std::to_string(ver->patch);
+  }();
+  return v.c_str();
+}

@@ -1,0 +1,234 @@
+"""runtime.onednn: oneDNN's convolution as XLA FFI custom calls, against
+``lax.conv_general_dilated`` (values, input and kernel gradients), inside ``Conv``, with
+its FLOPs counted, and the fallback where it cannot be built."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from bench.speed import harness
+from models import layers
+from models.layers import Conv
+from runtime import onednn
+
+# .ci/run installs g++ and libdnnl-dev and sets this: there a failed build fails the tests.
+REQUIRE = os.environ.get("BENCH_REQUIRE_ONEDNN", "") not in ("", "0")
+needs_onednn = pytest.mark.skipif(
+    not REQUIRE and (jax.default_backend() != "cpu" or not onednn.available()),
+    reason=f"oneDNN convolution unavailable: {onednn.why_unavailable()}")
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _lax(x, k, strides, pads, dilation):
+    return jax.lax.conv_general_dilated(x, k, strides, pads, rhs_dilation=dilation,
+                                        dimension_numbers=DN,
+                                        precision=jax.lax.Precision.HIGHEST)
+
+
+# (n, h, w, c, o, (kh, kw), strides, pads, dilation)
+CASES = [
+    (2, 9, 10, 3, 8, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),
+    (2, 8, 8, 16, 16, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),
+    (2, 8, 8, 16, 32, (3, 3), (2, 2), ((0, 1), (0, 1)), (1, 1)),
+    (1, 13, 11, 5, 7, (3, 3), (2, 1), ((1, 2), (0, 0)), (1, 1)),
+    (3, 12, 12, 4, 6, (3, 3), (1, 1), ((2, 2), (2, 2)), (2, 2)),
+    (1, 11, 12, 6, 4, (5, 5), (2, 2), ((2, 2), (2, 2)), (1, 1)),
+    (2, 14, 14, 8, 8, (7, 7), (2, 2), ((3, 3), (3, 3)), (1, 1)),
+    (1, 10, 9, 4, 5, (3, 2), (1, 2), ((0, 0), (1, 0)), (1, 1)),
+    (2, 7, 7, 64, 64, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),
+    (1, 9, 9, 3, 5, (1, 3), (1, 1), ((0, 0), (1, 1)), (1, 1)),
+]
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", CASES, ids=[str(i) for i in range(len(CASES))])
+def test_conv2d_and_both_gradients_match_lax(case):
+    n, h, w, c, o, (kh, kw), strides, pads, dilation = case
+    rng = np.random.default_rng(sum(map(hash, map(str, case))) % 2**32)
+    x = jnp.asarray(rng.normal(size=(n, h, w, c)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(kh, kw, c, o)), jnp.float32)
+    want, vjp_want = jax.vjp(lambda a, b: _lax(a, b, strides, pads, dilation), x, k)
+    ct = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
+    got = jax.jit(lambda a, b: onednn.conv2d(a, b, strides, pads, dilation))(x, k)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    grads = jax.jit(lambda a, b, g: jax.vjp(
+        lambda a, b: onednn.conv2d(a, b, strides, pads, dilation), a, b)[1](g))(x, k, ct)
+    for name, g, g_want in zip(("input", "kernel"), grads, vjp_want(ct)):
+        scale = float(jnp.abs(g_want).max())
+        np.testing.assert_allclose(g / scale, g_want / scale, rtol=0, atol=2e-5,
+                                   err_msg=f"{name} gradient")
+
+
+@needs_onednn
+def test_concurrent_gradients_are_right_every_time():
+    """XLA runs independent thunks at once: several layers' input and kernel gradients,
+    repeated, must each equal lax's (a shared oneDNN scratchpad once broke this)."""
+    rng = np.random.default_rng(0)
+    shapes = [(4, 16, 16, 16, 16), (4, 16, 16, 16, 32), (4, 8, 8, 32, 32), (4, 8, 8, 32, 16)]
+    xs = [jnp.asarray(rng.normal(size=s[:4]), jnp.float32) for s in shapes]
+    ks = [jnp.asarray(rng.normal(size=(3, 3, s[3], s[4])), jnp.float32) for s in shapes]
+    pads = ((1, 1), (1, 1))
+
+    def loss(conv, ks, xs):
+        return sum(jnp.sum(jnp.sin(conv(x, k, (1, 1), pads, (1, 1)))) for x, k in zip(xs, ks))
+
+    want = jax.jit(jax.grad(lambda ks, xs: loss(_lax, ks, xs), argnums=(0, 1)))(ks, xs)
+    got_fn = jax.jit(jax.grad(lambda ks, xs: loss(onednn.conv2d, ks, xs), argnums=(0, 1)))
+    for _ in range(3):
+        got = got_fn(ks, xs)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            scale = float(jnp.abs(b).max())
+            np.testing.assert_allclose(a / scale, b / scale, rtol=0, atol=2e-5)
+
+
+@needs_onednn
+def test_conv2d_refuses_what_it_does_not_compute():
+    x = jnp.zeros((1, 6, 6, 4))
+    with pytest.raises(ValueError, match="1x1"):
+        onednn.conv2d(x, jnp.zeros((1, 1, 4, 4)), (2, 2), ((0, 0), (0, 0)), (1, 1))
+    with pytest.raises(ValueError, match="negative"):
+        onednn.conv2d(x, jnp.zeros((3, 3, 4, 4)), (1, 1), ((-1, 0), (1, 1)), (1, 1))
+    with pytest.raises(TypeError, match="float32"):
+        onednn.conv2d(x.astype(jnp.bfloat16), jnp.zeros((3, 3, 4, 4), jnp.bfloat16), (1, 1),
+                      ((1, 1), (1, 1)), (1, 1))
+    with pytest.raises(ValueError, match="kernel"):
+        onednn.conv2d(x, jnp.zeros((3, 3, 5, 4)), (1, 1), ((1, 1), (1, 1)), (1, 1))
+
+
+@needs_onednn
+@pytest.mark.parametrize("kernel,strides,padding", [
+    (3, 1, "SAME"), (3, 2, "SAME"), (3, 2, "VALID"), (5, 1, ((2, 1), (0, 2)))])
+def test_layer_matches_nnx_conv_and_calls_onednn(kernel, strides, padding, monkeypatch):
+    monkeypatch.setenv("BENCH_CONV", "onednn")
+    conv = Conv(12, 6, (kernel, kernel), strides=strides, padding=padding, use_bias=True,
+                rngs=nnx.Rngs(0))
+    conv.bias[...] = jnp.arange(6, dtype=jnp.float32)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 11, 10, 12)), jnp.float32)
+    np.testing.assert_allclose(conv(x), nnx.Conv.__call__(conv, x), rtol=1e-4, atol=1e-4)
+    assert "bench_onednn_conv_fwd" in jax.jit(lambda x: conv(x)).lower(x).as_text()
+    one = Conv(12, 6, (1, 1), rngs=nnx.Rngs(0))  # a matrix product, never oneDNN
+    assert "bench_onednn" not in jax.jit(lambda x: one(x)).lower(x).as_text()
+    half = Conv(12, 6, (3, 3), dtype=jnp.bfloat16, rngs=nnx.Rngs(0))  # bf16: XLA's own
+    text = jax.jit(lambda x: half(x)).lower(x).as_text()
+    assert "bench_onednn" not in text and "convolution" in text
+
+
+@needs_onednn
+def test_auto_picks_onednn_on_one_cpu_device(monkeypatch):
+    monkeypatch.delenv("BENCH_CONV", raising=False)
+    want = "onednn" if jax.device_count() == 1 else "matmul"
+    assert layers.resolve_conv_impl() == want
+    assert layers.conv_description().startswith("oneDNN" if want == "onednn" else "XLA")
+
+
+@needs_onednn
+def test_flop_count_sees_the_custom_calls():
+    """XLA's cost analysis counts a custom call as -1 FLOP; the speed table adds the oneDNN
+    convolutions' own count, so MFU matches lax's program."""
+    x = jnp.ones((4, 16, 16, 8))
+    k = jnp.ones((3, 3, 8, 16))
+    pads = ((1, 1), (1, 1))
+
+    def step(conv):
+        return jax.jit(jax.grad(lambda x, k: jnp.sum(conv(x, k, (1, 1), pads, (1, 1)) ** 2),
+                                argnums=(0, 1))).lower(x, k).compile()
+
+    ref = harness._flops(step(_lax), 1)
+    ours = step(onednn.conv2d)
+    conv_flops, calls = onednn.custom_call_flops(ours.as_text())
+    # Multiply-adds that touch the input, as XLA counts them: 46 of the 48 (row, tap)
+    # pairs of a 16-pixel side with a 3-tap SAME window read a pixel, not the padding.
+    assert calls == 3 and conv_flops == 3 * 2 * 4 * 16 * 8 * 46 * 46
+    assert harness._flops(ours, 1) == pytest.approx(ref, rel=0.02)
+
+
+@needs_onednn
+def test_resnet20_gradients_match_xla(monkeypatch):
+    """Batch 8: at batch 2, train-mode BatchNorm amplifies float rounding so much that XLA's
+    own kernel gradient written another way (``im2col``) differs from ``xla`` by 1.2%."""
+    import models
+
+    model = models.create_model("resnet20", None, seed=0)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 32, 32, 3)), jnp.float32)
+
+    def grads(impl):
+        monkeypatch.setenv("BENCH_CONV", impl)
+        graphdef, state = nnx.split(model)
+
+        def loss(state):
+            return jnp.sum(jax.nn.log_softmax(nnx.merge(graphdef, state)(x))[:, 0])
+
+        text = jax.jit(jax.grad(loss)).lower(state).as_text()
+        return jax.jit(jax.grad(loss))(state), text
+
+    want, text_xla = grads("xla")
+    got, text = grads("onednn")
+    assert "bench_onednn_conv_dk" in text and "bench_onednn" not in text_xla
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        scale = float(jnp.abs(b).max()) or 1.0
+        np.testing.assert_allclose(a / scale, b / scale, rtol=0, atol=1e-4)
+
+
+def test_unavailable_falls_back_and_says_why(monkeypatch):
+    def no_compiler(force=False):
+        raise RuntimeError("no C++ compiler 'c++' on PATH (set $CXX or install g++)")
+
+    monkeypatch.setattr(onednn, "_state", {})
+    monkeypatch.setattr(onednn, "build", no_compiler)
+    monkeypatch.delenv("BENCH_REQUIRE_ONEDNN", raising=False)
+    monkeypatch.delenv("BENCH_CONV", raising=False)
+    assert not onednn.available()
+    assert "no C++ compiler" in onednn.why_unavailable()
+    if jax.default_backend() == "cpu":
+        assert layers.resolve_conv_impl() == "matmul"
+        assert "no C++ compiler" in layers.conv_description()
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        layers.resolve_conv_impl("onednn")
+    with pytest.raises(RuntimeError, match="unavailable"):
+        onednn.conv2d(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)), (1, 1),
+                      ((1, 1), (1, 1)), (1, 1))
+    monkeypatch.setattr(onednn, "_state", {})
+    monkeypatch.setenv("BENCH_REQUIRE_ONEDNN", "1")
+    with pytest.raises(RuntimeError, match="BENCH_REQUIRE_ONEDNN"):
+        onednn.available()
+
+
+def test_switched_off_by_environment(monkeypatch):
+    monkeypatch.setattr(onednn, "_state", {})
+    monkeypatch.setenv("BENCH_ONEDNN", "0")
+    monkeypatch.delenv("BENCH_REQUIRE_ONEDNN", raising=False)
+    assert not onednn.available() and "BENCH_ONEDNN=0" in onednn.why_unavailable()
+
+
+def test_failed_build_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    import shutil
+
+    if shutil.which("false") is None:
+        pytest.skip("no 'false' program")
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")  # a "compiler" that fails without a word
+    if onednn.ctypes.util.find_library("dnnl") is None:
+        with pytest.raises(RuntimeError, match="oneDNN not found"):
+            onednn.build()
+        return
+    with pytest.raises(RuntimeError, match="building onednn_conv.cc failed") as e:
+        onednn.build()
+    assert "\n" not in str(e.value)
+    assert list((tmp_path / "ext").iterdir()) == []
+
+
+@needs_onednn
+def test_build_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path))
+    first = onednn.build()
+    assert first.parent == tmp_path / "ext" and first.suffix == ".so"
+    stamp = first.stat().st_mtime_ns
+    assert onednn.build() == first and first.stat().st_mtime_ns == stamp
+    assert [p.name for p in first.parent.iterdir()] == [first.name]
