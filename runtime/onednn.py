@@ -127,19 +127,22 @@ def describe() -> str:
             else f"XLA's own ({why_unavailable()})")
 
 
-def conv2d(x, kernel, strides, pads, dilation):
+def conv2d(x, kernel, strides, pads, dilation, groups: int = 1):
     """``lax.conv_general_dilated(x, kernel, strides, pads, rhs_dilation=dilation,
-    dimension_numbers=("NHWC", "HWIO", "NHWC"))`` for float32, computed by oneDNN, with
-    both gradients by oneDNN too. ``strides``, ``dilation``: pairs; ``pads``: two
-    ``(lo, hi)`` pairs, none negative. Raises RuntimeError where ``available()`` is
+    dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)`` for float32,
+    computed by oneDNN, with both gradients by oneDNN too. ``strides``, ``dilation``: pairs;
+    ``pads``: two ``(lo, hi)`` pairs, none negative; ``groups=C`` with a ``(h, w, 1, C)``
+    kernel is a depthwise convolution. Raises RuntimeError where ``available()`` is
     False."""
     if not available():
         raise RuntimeError(f"oneDNN conv2d unavailable: {why_unavailable()}")
     if x.dtype != jnp.float32 or kernel.dtype != jnp.float32:
         raise TypeError(f"oneDNN conv2d takes float32, got {x.dtype} and {kernel.dtype}")
-    if x.ndim != 4 or kernel.ndim != 4 or x.shape[3] != kernel.shape[2]:
-        raise ValueError(f"oneDNN conv2d: input {x.shape} and HWIO kernel {kernel.shape}")
-    geom = (tuple(strides), tuple(tuple(p) for p in pads), tuple(dilation))
+    if (x.ndim != 4 or kernel.ndim != 4 or groups < 1 or x.shape[3] != kernel.shape[2] * groups
+            or kernel.shape[3] % groups):
+        raise ValueError(f"oneDNN conv2d: input {x.shape} and HWIO kernel {kernel.shape} "
+                         f"in {groups} group(s)")
+    geom = (tuple(strides), tuple(tuple(p) for p in pads), tuple(dilation), int(groups))
     if any(p < 0 for pair in geom[1] for p in pair):
         raise ValueError(f"oneDNN conv2d: negative padding {geom[1]}")
     if kernel.shape[:2] == (1, 1):
@@ -151,15 +154,15 @@ def conv2d(x, kernel, strides, pads, dilation):
 
 
 def _attrs(geom) -> dict:
-    strides, pads, dilation = geom
+    strides, pads, dilation, groups = geom
     return dict(strides=np.asarray(strides, np.int64),
                 pad_lo=np.asarray([p[0] for p in pads], np.int64),
                 pad_hi=np.asarray([p[1] for p in pads], np.int64),
-                dilation=np.asarray(dilation, np.int64))
+                dilation=np.asarray(dilation, np.int64), groups=np.int64(groups))
 
 
 def _out_hw(x_shape, k_shape, geom):
-    strides, pads, dilation = geom
+    strides, pads, dilation, _ = geom
     return tuple((x_shape[1 + i] + sum(pads[i]) - (k_shape[i] - 1) * dilation[i] - 1)
                  // strides[i] + 1 for i in range(2))
 
@@ -228,6 +231,6 @@ def custom_call_flops(hlo_text: str) -> tuple[float, int]:
         valid = [_taps_reading_input(x[1 + i], out[1 + i], kernel[i], attrs["strides"][i],
                                      attrs["pad_lo"][i], attrs["dilation"][i])
                  for i in range(2)]
-        flops += 2.0 * out[0] * out[3] * kernel[2] * valid[0] * valid[1]
+        flops += 2.0 * out[0] * out[3] * kernel[2] * valid[0] * valid[1]  # C / groups
         count += 1
     return flops, count

@@ -1,9 +1,12 @@
-// 2-D convolution (NHWC activations, HWIO kernel, no groups) on the CPU through oneDNN, as
+// 2-D convolution (NHWC activations, HWIO kernel, optionally grouped: depthwise) on the CPU
+// through oneDNN, as
 // three XLA FFI handlers: the forward, the input gradient and the kernel gradient. Built and
 // loaded by runtime/onednn.py, used by models.layers.Conv on CPU (see docs/cpu-formulations.md).
 //
 // Attributes (int64 arrays of two): strides, pad_lo, pad_hi (explicit padding, >= 0) and
-// dilation (1 = none). Activations stay NHWC in XLA's buffers (oneDNN's "nhwc" tag, no
+// dilation (1 = none); groups (int64: the input channels split into that many groups, the
+// kernel (kh, kw, C / groups, O), output channel g * O / groups + m in group g, as
+// lax.conv_general_dilated's feature_group_count). Activations stay NHWC in XLA's buffers (oneDNN's "nhwc" tag, no
 // copies); the kernel is reordered from HWIO to the layout the chosen implementation wants on
 // every call (the kernels are small), and the kernel gradient back to HWIO.
 //
@@ -35,6 +38,7 @@ enum Kind { kForward = 0, kInputGrad = 1, kKernelGrad = 2 };
 
 struct Geometry {
   dims src, weights, dst, strides, pad_lo, pad_hi, dilation;  // oneDNN's logical orders
+  tag weights_tag;  // XLA's HWIO buffer: hwio, or hwigo for groups (g major within O)
   auto key(int kind) const {
     return std::make_tuple(kind, src, weights, dst, strides, pad_lo, pad_hi, dilation);
   }
@@ -114,12 +118,12 @@ dnnl::stream& Stream() {
 ffi::Error MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k,
                         ffi::Span<const int64_t> y, ffi::Span<const int64_t> strides,
                         ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
-                        ffi::Span<const int64_t> dilation, Geometry* g) {
+                        ffi::Span<const int64_t> dilation, int64_t groups, Geometry* g) {
   if (x.size() != 4 || k.size() != 4 || y.size() != 4 || strides.size() != 2 ||
       pad_lo.size() != 2 || pad_hi.size() != 2 || dilation.size() != 2) {
     return ffi::Error::InvalidArgument("onednn conv: expected 4-d operands, 2-d attributes");
   }
-  if (k[2] != x[3] || k[3] != y[3] || x[0] != y[0]) {
+  if (groups < 1 || k[2] * groups != x[3] || k[3] != y[3] || k[3] % groups || x[0] != y[0]) {
     return ffi::Error::InvalidArgument("onednn conv: operand shapes do not match");
   }
   for (int i = 0; i < 2; ++i) {
@@ -128,7 +132,13 @@ ffi::Error MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k,
     }
   }
   g->src = {x[0], x[3], x[1], x[2]};
-  g->weights = {k[3], k[2], k[0], k[1]};
+  if (groups == 1) {
+    g->weights = {k[3], k[2], k[0], k[1]};
+    g->weights_tag = tag::hwio;
+  } else {
+    g->weights = {groups, k[3] / groups, k[2], k[0], k[1]};
+    g->weights_tag = tag::hwigo;
+  }
   g->dst = {y[0], y[3], y[1], y[2]};
   g->strides = {strides[0], strides[1]};
   g->pad_lo = {pad_lo[0], pad_lo[1]};
@@ -154,7 +164,7 @@ void RunWithKernel(const Prim& p, const Geometry& g, float* kernel, int in_arg, 
                    const dims& in_dims, int out_arg, float* out, const dims& out_dims) {
   auto& eng = Engine();
   auto& s = Stream();
-  dnnl::memory hwio(dnnl::memory::desc(g.weights, f32, tag::hwio), eng, kernel);
+  dnnl::memory hwio(dnnl::memory::desc(g.weights, f32, g.weights_tag), eng, kernel);
   dnnl::memory w = hwio;
   if (p.weights != hwio.get_desc()) {
     w = dnnl::memory(p.weights, eng);
@@ -171,10 +181,10 @@ void RunWithKernel(const Prim& p, const Geometry& g, float* kernel, int in_arg, 
 ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
                    ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> strides,
                    ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
-                   ffi::Span<const int64_t> dilation) {
+                   ffi::Span<const int64_t> dilation, int64_t groups) {
   Geometry g;
   auto err = MakeGeometry(x.dimensions(), kernel.dimensions(), y->dimensions(), strides,
-                          pad_lo, pad_hi, dilation, &g);
+                          pad_lo, pad_hi, dilation, groups, &g);
   if (!err.success()) return err;
   return Guarded([&] {
     auto p = Get(kForward, g);
@@ -186,10 +196,10 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
 ffi::Error InputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kernel,
                      ffi::ResultBuffer<ffi::F32> dx, ffi::Span<const int64_t> strides,
                      ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
-                     ffi::Span<const int64_t> dilation) {
+                     ffi::Span<const int64_t> dilation, int64_t groups) {
   Geometry g;
   auto err = MakeGeometry(dx->dimensions(), kernel.dimensions(), dy.dimensions(), strides,
-                          pad_lo, pad_hi, dilation, &g);
+                          pad_lo, pad_hi, dilation, groups, &g);
   if (!err.success()) return err;
   return Guarded([&] {
     auto p = Get(kInputGrad, g);
@@ -201,10 +211,10 @@ ffi::Error InputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kernel,
 ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                       ffi::ResultBuffer<ffi::F32> dk, ffi::Span<const int64_t> strides,
                       ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
-                      ffi::Span<const int64_t> dilation) {
+                      ffi::Span<const int64_t> dilation, int64_t groups) {
   Geometry g;
   auto err = MakeGeometry(x.dimensions(), dk->dimensions(), dy.dimensions(), strides, pad_lo,
-                          pad_hi, dilation, &g);
+                          pad_hi, dilation, groups, &g);
   if (!err.success()) return err;
   return Guarded([&] {
     auto p = Get(kKernelGrad, g);
@@ -212,7 +222,7 @@ ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
     auto& s = Stream();
     dnnl::memory src(dnnl::memory::desc(g.src, f32, tag::nhwc), eng, x.typed_data());
     dnnl::memory diff_dst(dnnl::memory::desc(g.dst, f32, tag::nhwc), eng, dy.typed_data());
-    dnnl::memory hwio(dnnl::memory::desc(g.weights, f32, tag::hwio), eng, dk->typed_data());
+    dnnl::memory hwio(dnnl::memory::desc(g.weights, f32, g.weights_tag), eng, dk->typed_data());
     dnnl::memory dw = hwio;
     bool reorder = p->weights != hwio.get_desc();
     if (reorder) dw = dnnl::memory(p->weights, eng);
@@ -234,7 +244,8 @@ ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
       .Attr<ffi::Span<const int64_t>>("strides")            \
       .Attr<ffi::Span<const int64_t>>("pad_lo")             \
       .Attr<ffi::Span<const int64_t>>("pad_hi")             \
-      .Attr<ffi::Span<const int64_t>>("dilation")
+      .Attr<ffi::Span<const int64_t>>("dilation")           \
+      .Attr<int64_t>("groups")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchOnednnConvForward, Forward, BENCH_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchOnednnConvInputGrad, InputGrad, BENCH_CONV_BINDING);

@@ -1,16 +1,17 @@
-"""Minimal reproductions of the XLA:CPU ops that keep our CPU train step behind PyTorch's,
-each timed in JAX and in PyTorch (eager, channels_last) in one process, interleaved:
+"""Minimal reproductions of the ops that keep our CPU train step behind PyTorch's, each
+timed in JAX and in PyTorch (eager, channels_last), each framework in a process of its own
+(two in one process share the OpenMP runtime and slow each other), round by round:
 
 - ``conv``: a 3x3 stride-1 SAME convolution at ResNet-20's first stage (16x32x32x16, batch
   16): forward, input gradient, kernel gradient (PyTorch's backward times are its autograd
-  call less its forward);
+  call less its forward); in JAX both as XLA's ``lax.conv`` and as our oneDNN custom calls
+  (``runtime.onednn``, where it builds);
 - ``bn_relu6``: training-mode BatchNorm then ReLU6 at MobileNetV2's widest expanded
   activation (16x112x112x96): forward + backward of ``sum(relu6(bn(x)) * g)``.
 
-    taskset -c 1 python scripts/cpu_gap_repro.py [--rounds 5] [--repeats 10]
+    python scripts/cpu_gap_repro.py [--rounds 5] [--repeats 10]
 
-(``taskset`` pins both frameworks to one core, one thread each, which a shared machine's load
-disturbs least.) Prints ms per op and the ratio JAX / PyTorch, above 1 = JAX slower.
+Prints ms per op and the ratio JAX / PyTorch, above 1 = JAX slower.
 """
 
 from __future__ import annotations
@@ -56,10 +57,23 @@ def jax_ops(rng) -> dict:
         return jnp.sum(jnp.clip(y, 0, 6) * gb)
 
     bn = jax.jit(jax.grad(bn_relu6, (0, 1, 2)))
-    return {"conv fwd": lambda: fwd(x, w).block_until_ready(),
-            "conv input grad": lambda: dx(g, w).block_until_ready(),
-            "conv kernel grad": lambda: dw(g, x).block_until_ready(),
-            "bn_relu6 fwd+bwd": lambda: jax.block_until_ready(bn(b, scale, bias))}
+    ops = {"conv fwd": lambda: fwd(x, w).block_until_ready(),
+           "conv input grad": lambda: dx(g, w).block_until_ready(),
+           "conv kernel grad": lambda: dw(g, x).block_until_ready(),
+           "bn_relu6 fwd+bwd": lambda: jax.block_until_ready(bn(b, scale, bias))}
+    from runtime import onednn
+
+    if onednn.available():
+        def conv_dnn(x, w):
+            return onednn.conv2d(x, w, (1, 1), ((1, 1), (1, 1)), (1, 1))
+
+        fwd_d = jax.jit(conv_dnn)
+        dx_d = jax.jit(lambda g, w: jax.vjp(lambda a: conv_dnn(a, w), x)[1](g)[0])
+        dw_d = jax.jit(lambda g, x: jax.vjp(lambda k: conv_dnn(x, k), w)[1](g)[0])
+        ops.update({"conv fwd (oneDNN)": lambda: fwd_d(x, w).block_until_ready(),
+                    "conv input grad (oneDNN)": lambda: dx_d(g, w).block_until_ready(),
+                    "conv kernel grad (oneDNN)": lambda: dw_d(g, x).block_until_ready()})
+    return ops
 
 
 def torch_ops(rng) -> dict:
@@ -90,20 +104,39 @@ def torch_ops(rng) -> dict:
             "conv kernel grad + fwd": both((x, conv.weight)), "bn_relu6 fwd+bwd": bn_step}
 
 
+def _one_round(framework: str, repeats: int) -> dict:
+    """ms per op of one framework, in a fresh process (``--only``)."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--only", framework,
+                           "--repeats", str(repeats)], capture_output=True, text=True,
+                          check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None) -> int:
     """Time both frameworks' ops round by round and print the medians and ratios."""
+    import json
+    import sys
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--only", choices=("jax", "torch"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    rng = np.random.default_rng(0)
-    ops = {("jax", k): f for k, f in jax_ops(rng).items()}
-    ops.update({("torch", k): f for k, f in torch_ops(rng).items()})
+    if args.only:  # the child: one framework, one round, JSON on the last line
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        ops = (jax_ops if args.only == "jax" else torch_ops)(np.random.default_rng(0))
+        print(json.dumps({k: _ms(f, args.repeats) for k, f in ops.items()}))
+        return 0
     load0 = os.getloadavg()[0]
-    t = {k: [] for k in ops}
+    t: dict = {}
     for _ in range(args.rounds):
-        for k, f in ops.items():
-            t[k].append(_ms(f, args.repeats))
+        for fw in ("jax", "torch"):
+            for k, v in _one_round(fw, args.repeats).items():
+                t.setdefault((fw, k), []).append(v)
     m = {k: statistics.median(v) for k, v in t.items()}
     torch_ms = {"conv fwd": m[("torch", "conv fwd")],
                 "conv input grad": m[("torch", "conv input grad + fwd")] - m[("torch", "conv fwd")],
@@ -114,7 +147,10 @@ def main(argv=None) -> int:
     print("| op | jax ms | torch ms | jax / torch |")
     print("|---|---|---|---|")
     for k, v in torch_ms.items():
-        print(f"| {k} | {m[('jax', k)]:.2f} | {v:.2f} | {m[('jax', k)] / v:.2f}x |")
+        for form in ("", " (oneDNN)"):
+            if ("jax", k + form) in m:
+                print(f"| {k}{form} | {m[('jax', k + form)]:.2f} | {v:.2f} | "
+                      f"{m[('jax', k + form)] / v:.2f}x |")
     return 0
 
 

@@ -123,8 +123,13 @@ def test_layer_matches_nnx_conv_and_calls_onednn(kernel, strides, padding, monke
 @needs_onednn
 def test_auto_picks_onednn_on_one_cpu_device(monkeypatch):
     monkeypatch.delenv("BENCH_CONV", raising=False)
+    monkeypatch.delenv("BENCH_DEPTHWISE", raising=False)
     want = "onednn" if jax.device_count() == 1 else "matmul"
     assert layers.resolve_conv_impl() == want
+    assert layers.resolve_depthwise_impl() == ("onednn" if want == "onednn" else "taps")
+    dw = layers.DepthwiseConv(4, 1, 3, rngs=nnx.Rngs(0))
+    text = jax.jit(lambda x: dw(x)).lower(jnp.zeros((1, 6, 6, 4))).as_text()
+    assert ("bench_onednn_conv_fwd" in text) == (want == "onednn")
     assert layers.conv_description().startswith("oneDNN" if want == "onednn" else "XLA")
 
 
@@ -191,6 +196,10 @@ def test_unavailable_falls_back_and_says_why(monkeypatch):
         assert "no C++ compiler" in layers.conv_description()
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
         layers.resolve_conv_impl("onednn")
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        layers.resolve_depthwise_impl("onednn")
+    if jax.default_backend() == "cpu":
+        assert layers.resolve_depthwise_impl() == "taps"
     with pytest.raises(RuntimeError, match="unavailable"):
         onednn.conv2d(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)), (1, 1),
                       ((1, 1), (1, 1)), (1, 1))
@@ -232,3 +241,35 @@ def test_build_is_cached(tmp_path, monkeypatch):
     stamp = first.stat().st_mtime_ns
     assert onednn.build() == first and first.stat().st_mtime_ns == stamp
     assert [p.name for p in first.parent.iterdir()] == [first.name]
+
+
+# (n, h, w, c, multiplier, k, strides, padding, dilation)
+DEPTHWISE = [
+    (2, 9, 10, 4, 1, 3, 1, "SAME", 1),
+    (2, 9, 10, 4, 2, 3, 2, "SAME", 1),
+    (1, 10, 11, 3, 1, 5, 2, "SAME", 1),
+    (2, 11, 9, 5, 3, 3, 2, "VALID", 1),
+    (1, 10, 10, 3, 1, 3, 1, "SAME", 2),
+    (2, 12, 12, 32, 1, 3, 2, ((0, 1), (1, 0)), 1),
+]
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", DEPTHWISE, ids=[str(i) for i in range(len(DEPTHWISE))])
+def test_depthwise_and_both_gradients_match_grouped_lax(case):
+    n, h, w, c, mult, k, strides, padding, dilation = case
+    rng = np.random.default_rng(len(DEPTHWISE) + DEPTHWISE.index(case))
+    x = jnp.asarray(rng.normal(size=(n, h, w, c)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(k, k, 1, c * mult)), jnp.float32)
+    want, vjp_want = jax.vjp(lambda a, b: layers.depthwise_conv_grouped(
+        a, b, strides, padding, dilation), x, kernel)
+    got, vjp_got = jax.vjp(jax.jit(lambda a, b: layers.depthwise_conv_onednn(
+        a, b, strides, padding, dilation)), x, kernel)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    ct = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
+    for g, g_want in zip(vjp_got(ct), vjp_want(ct)):
+        scale = float(jnp.abs(g_want).max())
+        np.testing.assert_allclose(g / scale, g_want / scale, rtol=0, atol=2e-5)
+    text = jax.jit(lambda a, b: layers.depthwise_conv_onednn(
+        a, b, strides, padding, dilation)).lower(x, kernel).as_text()
+    assert "bench_onednn_conv_fwd" in text
