@@ -1,10 +1,13 @@
-"""oneDNN's CPU convolution inside XLA programs: ``conv2d`` (NHWC, HWIO, no groups, float32)
-with its two gradients, each an XLA FFI custom call into ``runtime/onednn_conv.cc``.
+"""oneDNN's CPU convolution inside XLA programs: ``conv2d`` (NHWC, HWIO, float32; grouped
+too, so depthwise) with its two gradients, each an XLA FFI custom call into
+``runtime/onednn_conv.cc``.
 
-Why: XLA:CPU's own convolution runs 1.8-3.5x slower than oneDNN's at the CIFAR ResNets'
-and ResNet-50's 3x3 shapes, the kernel gradient most (``docs/cpu-formulations.md``), and no
-formulation in JAX closes it. The jaxlib wheels carry oneDNN, but their convolution rewrite
-is compiled out.
+Why: at the ResNets' 3x3 shapes (batch 16, 2-core CPU) XLA:CPU's own kernel gradient takes
+1.5-3x oneDNN's time and its input gradient up to 2x, its forward 0.8-2x
+(``docs/cpu-formulations.md``), and no formulation in JAX closes that. The jaxlib wheels
+carry oneDNN, but their convolution rewrite is compiled out. Debian's oneDNN runs on
+OpenMP: a process that also runs PyTorch shares that runtime with it, and slows it (so
+``bench speed`` times peers in a process of their own).
 
 The extension is built on first use, like ``torch.utils.cpp_extension.load``: the system's
 C++ compiler (``$CXX``, else ``c++``) against the system's oneDNN (Debian/Ubuntu:
@@ -74,7 +77,7 @@ def build(force: bool = False) -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
             first = next((ln for ln in proc.stderr.splitlines() if "error" in ln),
-                         proc.stderr.strip()[-300:])
+                         proc.stderr.strip()[-300:]) or f"{cxx} exited {proc.returncode}"
             raise RuntimeError(f"building {SOURCE.name} failed: {first.strip()}")
         os.replace(tmp, out)
     finally:
@@ -119,12 +122,6 @@ def why_unavailable() -> str | None:
 def version() -> str | None:
     """oneDNN's version, as the loaded library reports it, or None."""
     return _load().get("version")
-
-
-def describe() -> str:
-    """One line for speed tables: which convolution the CPU programs use."""
-    return (f"oneDNN {version()} (XLA FFI custom call)" if available()
-            else f"XLA's own ({why_unavailable()})")
 
 
 def conv2d(x, kernel, strides, pads, dilation, groups: int = 1):
