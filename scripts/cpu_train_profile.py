@@ -71,6 +71,8 @@ def _instruction(m) -> dict:
     calls = re.search(r"calls=%([\w.\-]+)", rest)
     window = re.search(r"window=\{size=([\dx]+)", rest)
     labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", rest)
+    target = re.search(r'custom_call_target="([^"]+)"', rest)
+    groups = re.search(r"groups = (\d+)", rest)
     args = rest.split("), ")[0]
     return {"name": name, "opcode": opcode,
             "dims": [int(d) for d in dims.group(1).split(",") if d] if dims else [],
@@ -79,7 +81,9 @@ def _instruction(m) -> dict:
             "frame": int(frame.group(1)) if frame else None,
             "calls": calls.group(1) if calls else None,
             "window": [int(w) for w in window.group(1).split("x")] if window else None,
-            "out_labels": labels.group(3) if labels else None}
+            "out_labels": labels.group(3) if labels else None,
+            "target": target.group(1) if target else None,
+            "groups": int(groups.group(1)) if groups else None}
 
 
 def _frame_tables(text: str) -> dict:
@@ -146,6 +150,9 @@ def classify(hlo: dict, inst: dict, kernel_sizes: set[int]) -> str:
     ops = _fused_ops(hlo, inst)
     opcodes = {o["opcode"] for o in ops}
     bwd = "transpose(" in inst["op_name"]
+    if (inst.get("target") or "").startswith("bench_onednn_conv_"):  # runtime.onednn
+        kind = {"fwd": "fwd", "dx": "input grad", "dk": "kernel grad"}[inst["target"][18:]]
+        return f"{'depthwise' if (inst['groups'] or 1) > 1 else 'conv'} {kind}"
     if "/optax/" in files and "/optax/losses/" not in files:
         return "optimizer"
     if inst["opcode"] in ("copy", "transpose") or inst["name"].startswith(
@@ -332,19 +339,39 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--no-jax", action="store_true",
+                   help="PyTorch only: run the two sides in separate processes, since two "
+                        "frameworks in one process share the OpenMP runtime and slow "
+                        "each other, then print them together with --from")
+    p.add_argument("--from", dest="from_json", default="",
+                   help="comma-separated --json files of earlier runs: print their table")
     p.add_argument("--torch-threads", default="",
                    help="comma-separated intra-op thread counts for the PyTorch runs "
                         "(default: PyTorch's own)")
     p.add_argument("--json")
     args = p.parse_args(argv)
+    if args.from_json:
+        rows = []
+        for path in args.from_json.split(","):
+            with open(path) as f:
+                rows += json.load(f)
+        order = {m: i for i, m in enumerate(dict.fromkeys(r["model"] for r in rows))}
+        print(table(sorted(rows, key=lambda r: (order[r["model"]], r["framework"]))))
+        return 0
     results = []
     for name in args.models.split(","):
-        r = profile_jax(name, args.batch, None, args.steps)
-        results.append(r)
-        print(f"{name} jax: step {r['step_ms']:.1f} ms", flush=True)
+        if args.no_jax:
+            import models
+
+            size = models.get_model_info(name).input_size[0]
+        else:
+            r = profile_jax(name, args.batch, None, args.steps)
+            results.append(r)
+            size = r["image_size"]
+            print(f"{name} jax: step {r['step_ms']:.1f} ms", flush=True)
         for threads in ([] if args.no_torch else
                         [int(t) for t in args.torch_threads.split(",") if t] or [None]):
-            t = profile_torch(name, args.batch, r["image_size"], args.steps, threads)
+            t = profile_torch(name, args.batch, size, args.steps, threads)
             results.append(t)
             print(f"{name} {t['framework']}: step {t['step_ms']:.1f} ms", flush=True)
     print(f"load average: {os.getloadavg()}")
