@@ -341,8 +341,9 @@ _DEPTHWISE_FNS = {"conv": depthwise_conv_grouped, "taps": depthwise_conv_taps,
 #
 # ``"onednn"`` keeps ``"matmul"``'s rules and runs every other convolution without groups
 # (float32, kernel larger than 1x1) through oneDNN, forward and both gradients, as XLA FFI
-# custom calls (``runtime/onednn.py``): XLA:CPU's own 3x3 convolution is 1.3-3x slower than
-# oneDNN's at the ResNets' shapes, its kernel gradient most (``docs/cpu-formulations.md``).
+# custom calls (``runtime/onednn.py``): at the ResNets' 3x3 shapes XLA:CPU's own kernel
+# gradient takes up to 3x oneDNN's time, its input gradient up to 2.6x, its forward 0.8-2x
+# (``docs/cpu-formulations.md``).
 # The extension is built on first use where the system has a C++ compiler and oneDNN.
 #
 # ``"auto"``, decided at trace time: on CPU, ``"onednn"`` where the extension is available

@@ -3,7 +3,7 @@ too, so depthwise) with its two gradients, each an XLA FFI custom call into
 ``runtime/onednn_conv.cc``.
 
 Why: at the ResNets' 3x3 shapes (batch 16, 2-core CPU) XLA:CPU's own kernel gradient takes
-1.5-3x oneDNN's time and its input gradient up to 2x, its forward 0.8-2x
+0.9-3x oneDNN's time, its input gradient 1-2.6x, its forward 0.8-2x
 (``docs/cpu-formulations.md``), and no formulation in JAX closes that. The jaxlib wheels
 carry oneDNN, but their convolution rewrite is compiled out. Debian's oneDNN runs on
 OpenMP: a process that also runs PyTorch shares that runtime with it, and slows it (so
