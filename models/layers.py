@@ -129,12 +129,12 @@ def make_head(num_features: int, num_classes: int, *, rngs: nnx.Rngs,
 # Formulations of ``DepthwiseConv``: ``"conv"`` is the grouped convolution
 # (``feature_group_count=C``; cuDNN on GPU), ``"taps"`` the kernel's h*w taps as shifted
 # multiply-adds (XLA:CPU runs the grouped convolution an order of magnitude slower, see
-# ``results/examples/speed-vs-peers-cpu.md``). ``"auto"``: ``"taps"`` on CPU, else ``"conv"``,
-# decided at trace time from ``jax.default_backend()``. ``"onednn"``: oneDNN's depthwise
-# convolution, forward and both gradients, as XLA FFI custom calls (``runtime.onednn``;
-# float32, else the taps): MobileNetV2 / EfficientNet-Lite0 train steps 1.03-1.31x the
-# taps', inference 0.82-1.13x (``docs/cpu-formulations.md``). ``"auto"`` is ``"onednn"``
-# on CPU where the extension is available and the process has one device.
+# ``results/examples/speed-vs-peers-cpu.md``), ``"onednn"`` oneDNN's depthwise convolution,
+# forward and both gradients, as XLA FFI custom calls (``runtime.onednn``; float32, else the
+# taps): MobileNetV2 / EfficientNet-Lite0 train steps 1.03-1.31x the taps', inference
+# 0.82-1.13x (``docs/cpu-formulations.md``). ``"auto"``, decided at trace time: on CPU
+# ``"onednn"`` where the extension is available and the process has one device, else
+# ``"taps"``; ``"conv"`` on other backends.
 DEPTHWISE_IMPLS = ("auto", "conv", "taps", "onednn")
 _ENV_DEPTHWISE = "BENCH_DEPTHWISE"
 _depthwise_default: str | None = None
@@ -160,10 +160,31 @@ def resolve_depthwise_impl(impl: str | None = None) -> str:
     if impl == "auto":
         if jax.default_backend() != "cpu":
             return "conv"
-        return "onednn" if jax.device_count() == 1 and onednn.available() else "taps"
-    if impl == "onednn" and not onednn.available():
-        raise RuntimeError(f"depthwise impl 'onednn': {onednn.why_unavailable()}")
+        return "onednn" if _onednn_applies() else "taps"
+    if impl == "onednn":
+        _require_onednn("depthwise impl 'onednn'")
     return impl
+
+
+def _onednn_applies() -> bool:
+    """Whether ``"auto"`` takes oneDNN here: the extension is available and the process has
+    one device (a custom call has no sharding rule; XLA would gather a sharded batch)."""
+    return jax.device_count() == 1 and onednn.available()
+
+
+def _require_onednn(what: str) -> None:
+    if not onednn.available():
+        raise RuntimeError(f"{what}: {onednn.why_unavailable()}")
+
+
+def _onednn_pads(x, kernel, strides, padding, dilation):
+    """The explicit pads for ``runtime.onednn.conv2d``, or None where it does not apply (a
+    non-float32 operand, or padding that crops)."""
+    pads = _explicit_pads(padding, x.shape[1:3], kernel.shape[:2], strides, dilation)
+    if (x.dtype != jnp.float32 or kernel.dtype != jnp.float32
+            or any(p < 0 for pair in pads for p in pair)):
+        return None
+    return pads
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -209,9 +230,8 @@ def depthwise_conv_onednn(x, kernel, strides=1, padding="SAME", dilation=1):
     """The same as ``depthwise_conv_grouped``, computed by oneDNN (``runtime.onednn``); a
     non-float32 input, or padding that crops, falls back to the taps."""
     strides, dilation = _pair(strides, "strides"), _pair(dilation, "dilation")
-    pads = _explicit_pads(padding, x.shape[1:3], kernel.shape[:2], strides, dilation)
-    if (x.dtype != jnp.float32 or kernel.dtype != jnp.float32
-            or any(p < 0 for pair in pads for p in pair)):
+    pads = _onednn_pads(x, kernel, strides, padding, dilation)
+    if pads is None:
         return depthwise_conv_taps(x, kernel, strides, padding, dilation)
     return onednn.conv2d(x, kernel, strides, pads, dilation, groups=x.shape[3])
 
@@ -371,9 +391,9 @@ def resolve_conv_impl(impl: str | None = None) -> str:
     if impl == "auto":
         if jax.default_backend() != "cpu":
             return "xla"
-        return "onednn" if jax.device_count() == 1 and onednn.available() else "matmul"
-    if impl == "onednn" and not onednn.available():
-        raise RuntimeError(f"conv impl 'onednn': {onednn.why_unavailable()}")
+        return "onednn" if _onednn_applies() else "matmul"
+    if impl == "onednn":
+        _require_onednn("conv impl 'onednn'")
     return impl
 
 
@@ -515,10 +535,8 @@ class Conv(nnx.Conv):
         if form == "onednn":
             strides = _pair(self.strides, "strides")
             dilation = _pair(self.kernel_dilation, "kernel_dilation")
-            pads = _explicit_pads(self.padding, x.shape[1:3], kernel.shape[:2], strides,
-                                  dilation)
-            if (x.dtype != jnp.float32 or kernel.dtype != jnp.float32
-                    or any(p < 0 for pair in pads for p in pair)):
+            pads = _onednn_pads(x, kernel, strides, self.padding, dilation)
+            if pads is None:
                 return super().__call__(x_in)
             y = onednn.conv2d(x, kernel, strides, pads, dilation)
         elif form == "matmul":

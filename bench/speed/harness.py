@@ -308,9 +308,8 @@ def speed(models: Sequence[str], batch_size: int = 64, image_size: int | None = 
             rows.append(row)
             if progress:
                 progress(_progress_line(row))
+            measure_peer = peers.measure_peer_isolated if isolate_peers else peers.measure_peer
             for peer in vs:
-                measure_peer = (peers.measure_peer_isolated if isolate_peers
-                                else peers.measure_peer)
                 prow = measure_peer(
                     peer, name, batch_size=row["batch"], image_size=row["image_size"],
                     precision=prec, warmup=warmup, repeats=repeats, train=train,
