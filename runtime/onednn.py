@@ -5,16 +5,19 @@ too, so depthwise) with its two gradients, each an XLA FFI custom call into
 Why: at the ResNets' 3x3 shapes (batch 16, 2-core CPU) XLA:CPU's own kernel gradient takes
 0.9-3x oneDNN's time, its input gradient 1-2.6x, its forward 0.8-2x
 (``docs/cpu-formulations.md``), and no formulation in JAX closes that. The jaxlib wheels
-carry oneDNN, but their convolution rewrite is compiled out. Debian's oneDNN runs on
-OpenMP: a process that also runs PyTorch shares that runtime with it, and slows it (so
-``bench speed`` times peers in a process of their own).
+carry oneDNN, but their convolution rewrite is compiled out. oneDNN runs on OpenMP: a
+process that also runs PyTorch shares that runtime with it, and slows it (so ``bench
+speed`` times peers in processes of their own).
 
 The extension is built on first use, like ``torch.utils.cpp_extension.load``: the system's
-C++ compiler (``$CXX``, else ``c++``) against the system's oneDNN (Debian/Ubuntu:
-``apt-get install libdnnl-dev``) and jaxlib's own FFI headers, into
+C++ compiler (``$CXX``, else ``c++``) against oneDNN and jaxlib's own FFI headers, into
 ``<cache>/ext/onednn_conv-<hash>.so`` (``runtime.paths.cache_root()``; the hash covers the
-source, jaxlib's version and the compiler), written atomically; later processes load it.
-Where anything is missing, ``available()`` is False, ``why_unavailable()`` says what, and
+source, oneDNN's version header and location, jaxlib's version and the compiler), written
+atomically; later processes load it. oneDNN is looked for in ``$BENCH_ONEDNN_ROOT``, then in
+this Python environment (pip's ``onednn-cpu-gomp`` + ``onednn-devel-cpu-gomp``, oneDNN 3.2,
+a dependency on Linux x86-64), then in the system (Debian/Ubuntu ``apt-get install
+libdnnl-dev``, oneDNN 2.6); the source compiles against either API. Where anything is
+missing, ``available()`` is False, ``why_unavailable()`` says what, and
 ``models.layers.Conv`` keeps XLA's convolution. Nothing is downloaded.
 
 ``BENCH_ONEDNN=0`` turns it off; ``BENCH_REQUIRE_ONEDNN=1`` (CI) makes a failed build an
@@ -31,6 +34,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -48,31 +52,65 @@ _lock = threading.Lock()
 _state: dict = {}  # "lib", "version" once loaded, or "error"
 
 
-def _library_path(cxx: str) -> Path:
+def _find_onednn() -> tuple[Path | None, Path | None]:
+    """``(include_dir, lib_dir)`` of the oneDNN to build against: ``$BENCH_ONEDNN_ROOT``
+    (its ``include/`` and ``lib/``), else the one pip installed into this Python environment
+    (``onednn-cpu-gomp`` and ``onednn-devel-cpu-gomp``, oneDNN 3.2, a dependency on Linux
+    x86-64), else the system's (``None, None``: the compiler's default paths). Raises
+    RuntimeError where none is there."""
+    root = os.environ.get("BENCH_ONEDNN_ROOT")
+    candidates = [Path(root)] if root else [Path(sys.prefix), Path(sys.base_prefix)]
+    for base in candidates:
+        inc = base / "include"
+        libs = [base / d for d in ("lib", "lib64", "lib/x86_64-linux-gnu",
+                                   "lib/aarch64-linux-gnu")]
+        lib = next((d for d in libs if (d / "libdnnl.so").exists()), None)
+        if (inc / "oneapi" / "dnnl" / "dnnl.hpp").is_file() and lib is not None:
+            return inc, lib
+    if root:
+        raise RuntimeError(f"BENCH_ONEDNN_ROOT={root}: no include/oneapi/dnnl/dnnl.hpp and "
+                           "lib/libdnnl.so under it")
+    if ctypes.util.find_library("dnnl") is None or not any(
+            Path(d, "oneapi", "dnnl", "dnnl.hpp").is_file()
+            for d in ("/usr/include", "/usr/local/include")):
+        raise RuntimeError("oneDNN not found (pip install onednn-cpu-gomp "
+                           "onednn-devel-cpu-gomp, or apt-get install libdnnl-dev)")
+    return None, None
+
+
+_SYSTEM_INCLUDES = (Path("/usr/include"), Path("/usr/local/include"))
+
+
+def _library_path(cxx: str, inc: Path | None, lib: Path | None) -> Path:
     import jaxlib
 
     h = hashlib.sha256(SOURCE.read_bytes())
-    h.update(f"{jaxlib.__version__}\0{cxx}".encode())
+    version_h = (inc or Path("/usr/include")) / "oneapi" / "dnnl" / "dnnl_version.h"
+    h.update(version_h.read_bytes() if version_h.is_file() else b"")
+    h.update(f"{jaxlib.__version__}\0{cxx}\0{inc}\0{lib}".encode())
     return cache_root() / "ext" / f"onednn_conv-{h.hexdigest()[:16]}.so"
 
 
 def build(force: bool = False) -> Path:
-    """Compile the extension unless a built copy for this source, jaxlib and compiler is
-    cached; return its path. Raises RuntimeError with one line saying what is missing."""
+    """Compile the extension unless a built copy for this source, oneDNN, jaxlib and
+    compiler is cached; return its path. Raises RuntimeError with one line saying what is
+    missing."""
     cxx = os.environ.get("CXX") or "c++"
     if shutil.which(cxx) is None:
         raise RuntimeError(f"no C++ compiler {cxx!r} on PATH (set $CXX or install g++)")
-    if ctypes.util.find_library("dnnl") is None:
-        raise RuntimeError("oneDNN not found (libdnnl; Debian/Ubuntu: apt-get install "
-                           "libdnnl-dev)")
-    out = _library_path(cxx)
+    inc, lib = _find_onednn()
+    out = _library_path(cxx, inc, lib)
     if out.is_file() and not force:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=out.stem, suffix=".so.tmp", dir=out.parent)
     os.close(fd)
-    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-isystem", jax.ffi.include_dir(),
-           str(SOURCE), "-o", tmp, "-ldnnl"]
+    # The compiler searches /usr/include itself; naming it again breaks libstdc++'s
+    # #include_next.
+    dnnl = [] if inc is None or inc in _SYSTEM_INCLUDES else ["-isystem", str(inc)]
+    link = ["-ldnnl"] if lib is None else [f"-L{lib}", f"-Wl,-rpath,{lib}", "-ldnnl"]
+    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", *dnnl, "-isystem",
+           jax.ffi.include_dir(), str(SOURCE), "-o", tmp, *link]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
@@ -143,8 +181,8 @@ def conv2d(x, kernel, strides, pads, dilation, groups: int = 1):
     if any(p < 0 for pair in geom[1] for p in pair):
         raise ValueError(f"oneDNN conv2d: negative padding {geom[1]}")
     if kernel.shape[:2] == (1, 1):
-        # oneDNN 2.6's 1x1 kernel gradient with a stride gave wrong sums on its first call
-        # for some small shapes (2x8x8x3 -> 8, stride 2); a 1x1 convolution is a matrix
+        # oneDNN's 1x1 kernel gradient with a stride gives wrong sums for some small shapes
+        # (2x8x8x3 -> 8, stride 2), in 2.6 and 3.2 alike; a 1x1 convolution is a matrix
         # product, which models.layers.conv_matmul computes.
         raise ValueError("oneDNN conv2d: 1x1 kernels are matrix products (conv_matmul)")
     return _conv(x, kernel, geom)

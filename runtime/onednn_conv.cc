@@ -23,7 +23,7 @@
 #include <tuple>
 #include <vector>
 
-#include "dnnl.hpp"
+#include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -61,13 +61,22 @@ dnnl::engine& Engine() {
   return engine;
 }
 
+// oneDNN 3 builds a primitive descriptor from the engine and the problem; oneDNN 2 from an
+// operation descriptor first. Both are supported: the pip wheel is 3.x, Debian's 2.6.
 dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
+  auto src = dnnl::memory::desc(g.src, f32, tag::nhwc);
   auto any = dnnl::memory::desc(g.weights, f32, tag::any);
-  auto d = dnnl::convolution_forward::desc(
-      dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-      dnnl::memory::desc(g.src, f32, tag::nhwc), any, dnnl::memory::desc(g.dst, f32, tag::nhwc),
-      g.strides, g.dilation, g.pad_lo, g.pad_hi);
+  auto dst = dnnl::memory::desc(g.dst, f32, tag::nhwc);
+#if DNNL_VERSION_MAJOR >= 3
+  return dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src,
+      any, dst, g.strides, g.dilation, g.pad_lo, g.pad_hi, UserScratchpad());
+#else
+  auto d = dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training,
+                                           dnnl::algorithm::convolution_direct, src, any, dst,
+                                           g.strides, g.dilation, g.pad_lo, g.pad_hi);
   return dnnl::convolution_forward::primitive_desc(d, UserScratchpad(), Engine());
+#endif
 }
 
 Prim Make(int kind, const Geometry& g) {
@@ -78,19 +87,30 @@ Prim Make(int kind, const Geometry& g) {
   auto src = dnnl::memory::desc(g.src, f32, tag::nhwc);
   auto dst = dnnl::memory::desc(g.dst, f32, tag::nhwc);
   auto any = dnnl::memory::desc(g.weights, f32, tag::any);
+  constexpr auto direct = dnnl::algorithm::convolution_direct;
   if (kind == kInputGrad) {
-    auto d = dnnl::convolution_backward_data::desc(dnnl::algorithm::convolution_direct, src,
-                                                   any, dst, g.strides, g.dilation, g.pad_lo,
-                                                   g.pad_hi);
+#if DNNL_VERSION_MAJOR >= 3
+    auto pd = dnnl::convolution_backward_data::primitive_desc(
+        Engine(), direct, src, any, dst, g.strides, g.dilation, g.pad_lo, g.pad_hi, fwd,
+        UserScratchpad());
+#else
+    auto d = dnnl::convolution_backward_data::desc(direct, src, any, dst, g.strides,
+                                                   g.dilation, g.pad_lo, g.pad_hi);
     auto pd = dnnl::convolution_backward_data::primitive_desc(d, UserScratchpad(), Engine(),
                                                               fwd);
+#endif
     return {dnnl::convolution_backward_data(pd), pd.weights_desc(), pd.scratchpad_desc()};
   }
-  auto d = dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, src,
-                                                    any, dst, g.strides, g.dilation, g.pad_lo,
-                                                    g.pad_hi);
+#if DNNL_VERSION_MAJOR >= 3
+  auto pd = dnnl::convolution_backward_weights::primitive_desc(
+      Engine(), direct, src, any, dst, g.strides, g.dilation, g.pad_lo, g.pad_hi, fwd,
+      UserScratchpad());
+#else
+  auto d = dnnl::convolution_backward_weights::desc(direct, src, any, dst, g.strides,
+                                                    g.dilation, g.pad_lo, g.pad_hi);
   auto pd = dnnl::convolution_backward_weights::primitive_desc(d, UserScratchpad(), Engine(),
                                                                fwd);
+#endif
   return {dnnl::convolution_backward_weights(pd), pd.diff_weights_desc(),
           pd.scratchpad_desc()};
 }

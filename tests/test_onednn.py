@@ -223,7 +223,9 @@ def test_failed_build_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
         pytest.skip("no 'false' program")
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CXX", "false")  # a "compiler" that fails without a word
-    if onednn.ctypes.util.find_library("dnnl") is None:
+    try:
+        onednn._find_onednn()
+    except RuntimeError:
         with pytest.raises(RuntimeError, match="oneDNN not found"):
             onednn.build()
         return
@@ -241,6 +243,37 @@ def test_build_is_cached(tmp_path, monkeypatch):
     stamp = first.stat().st_mtime_ns
     assert onednn.build() == first and first.stat().st_mtime_ns == stamp
     assert [p.name for p in first.parent.iterdir()] == [first.name]
+
+
+def test_onednn_root_is_searched_first_and_named_when_empty(tmp_path, monkeypatch):
+    root = tmp_path / "dnnl"
+    (root / "include" / "oneapi" / "dnnl").mkdir(parents=True)
+    (root / "include" / "oneapi" / "dnnl" / "dnnl.hpp").write_text("")
+    monkeypatch.setenv("BENCH_ONEDNN_ROOT", str(root))
+    with pytest.raises(RuntimeError, match=r"BENCH_ONEDNN_ROOT=.*lib/libdnnl.so") as e:
+        onednn._find_onednn()  # headers without the library
+    assert "\n" not in str(e.value)
+    (root / "lib" / "x86_64-linux-gnu").mkdir(parents=True)
+    (root / "lib" / "x86_64-linux-gnu" / "libdnnl.so").write_bytes(b"")
+    inc, lib = onednn._find_onednn()
+    assert (inc, lib) == (root / "include", root / "lib" / "x86_64-linux-gnu")
+    # A build against another oneDNN is another file in the cache.
+    assert onednn._library_path("c++", inc, lib) != onednn._library_path("c++", None, None)
+
+
+@needs_onednn
+def test_pip_onednn_is_the_one_built_against(monkeypatch):
+    """pip's onednn-cpu-gomp (a dependency on Linux x86-64) comes before the system's:
+    oneDNN 3's convolutions are the faster ones (docs/cpu-formulations.md)."""
+    import sys
+    from pathlib import Path
+
+    if os.environ.get("BENCH_ONEDNN_ROOT"):
+        pytest.skip("BENCH_ONEDNN_ROOT names the oneDNN to use")
+    if not (Path(sys.prefix) / "include" / "oneapi" / "dnnl" / "dnnl.hpp").is_file():
+        pytest.skip("onednn-devel-cpu-gomp is not installed in this environment")
+    assert onednn._find_onednn()[0] == Path(sys.prefix) / "include"
+    assert int(onednn.version().split(".")[0]) >= 3
 
 
 # (n, h, w, c, multiplier, k, strides, padding, dilation)
