@@ -9,6 +9,7 @@ import json
 import math
 import re
 import sys
+import time
 
 import jax
 import pytest
@@ -380,3 +381,72 @@ def test_failed_peer_process_is_a_note(monkeypatch):
                                 precision="fp32")
     assert row["note"] == "peer process failed: exit status 1"
     assert row["framework"] == "torch" and row["batch"] == 4 and row["train_img_per_s"] is None
+
+
+# A stand-in peer process for PeerTurns: it times a 5 ms busy loop with time_calls, as a
+# peer module would, and writes each call's (start, end) to a file.
+_TURN_CHILD = """
+import json, sys, time
+from bench.speed import timing
+from bench.speed.peers import ChildTurns
+a = json.loads(sys.stdin.read())
+timing.SETTLE_S = 0.0
+turns = ChildTurns(a["go"], a["done"])
+spans = []
+def call():
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 0.005:
+        pass
+    spans.append((t0, time.monotonic()))
+with timing.taking_turns(turns):
+    timing.time_calls(call, 1, a["kwargs"]["repeats"])
+open(a["kwargs"]["log"].replace("PEER", a["peer"]), "w").write(json.dumps(spans))
+print("\\n" + {mark!r} + json.dumps({{"framework": a["peer"], "calls": len(spans)}}), flush=True)
+turns.bye()
+"""
+
+
+def test_peers_take_turns_call_by_call_and_never_overlap(tmp_path, monkeypatch):
+    from bench.speed import timing
+    from bench.speed.peers import PeerTurns
+
+    monkeypatch.setattr(timing, "SETTLE_S", 0.0)  # one untimed call before each timed one
+    spans = []
+
+    def call():
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.005:
+            pass
+        spans.append((t0, time.monotonic()))
+
+    turns = PeerTurns(["a", "b"], "m", _script=_TURN_CHILD, repeats=3,
+                      log=str(tmp_path / "PEER.json"))
+    with timing.taking_turns(turns):
+        timing.time_calls(call, 1, 3)
+    rows = turns.finish()
+    assert [r["framework"] for r in rows] == ["a", "b"]
+    # first + 1 warm-up + 3 x (untimed + timed) calls on each side
+    assert [r["calls"] for r in rows] == [8, 8] and len(spans) == 8
+    everyone = sorted([(s, "ours") for s in spans]
+                      + [(tuple(s), p) for p in ("a", "b")
+                         for s in json.loads((tmp_path / f"{p}.json").read_text())])
+    for (s1, _), (s2, _) in zip(everyone, everyone[1:]):
+        assert s1[1] <= s2[0], "two steps ran at once"
+    # each turn of ours comes after one turn of each stand-in
+    order = [who for _, who in everyone]
+    assert order[:4] == ["a", "b", "ours", "a"]
+
+
+def test_failed_peer_process_taking_turns_is_a_note(monkeypatch):
+    from bench.speed import timing
+    from bench.speed.peers import PeerTurns
+
+    monkeypatch.setattr(sys, "executable", "false")  # a "Python" that exits 1 at once
+    turns = PeerTurns(["torch"], "resnet20", batch_size=4, image_size=32, precision="fp32")
+    calls = []
+    with timing.taking_turns(turns):
+        timing.time_calls(lambda: calls.append(1), 0, 2)
+    assert len(calls) >= 5  # ours went on alone
+    (row,) = turns.finish()
+    assert row["note"] == "peer process failed: exit status 1"
+    assert row["framework"] == "torch" and row["batch"] == 4

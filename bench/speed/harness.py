@@ -18,6 +18,7 @@ frameworks (``bench.speed.peers``; ``torch+compile``, ``timm+compile`` through
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import shlex
@@ -42,7 +43,7 @@ from runtime.onednn import custom_call_flops
 from runtime.versions import versions as _base_versions
 
 from .timing import (PEAK_TFLOPS, ROW_KEYS, cpu_peak, cpu_peak_text, new_row,  # noqa: F401
-                     peak_tflops, time_calls)
+                     peak_tflops, taking_turns, time_calls)
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -279,8 +280,9 @@ def speed(models: Sequence[str], batch_size: int = 64, image_size: int | None = 
       progress: called with a line of text as each row is done.
       measured_peaks: ``{precision: TFLOP/s per device}``, e.g. a measured matmul peak: our
         rows also get ``*_mfu_measured`` against it (``*_mfu`` stays against the spec).
-      isolate_peers: time each peer in a process of its own (``measure_peer_isolated``: no
-        OpenMP runtime or thread pool shared with ours); False, in this process.
+      isolate_peers: time each peer in a process of its own, taking turns with ours call by
+        call (``peers.PeerTurns``: no OpenMP runtime or thread pool shared with ours, and
+        the machine's load alike on both sides); False, in this process, after ours.
 
     Returns:
       Rows with ``ROW_KEYS``: ours (``framework='jax'``) with ``train_vs_<peer>`` and
@@ -299,21 +301,34 @@ def speed(models: Sequence[str], batch_size: int = 64, image_size: int | None = 
     mesh = engine.Mesh.create(devices)
     batch_size = max(mesh.n, batch_size - batch_size % mesh.n)
     rows = []
+    timed = dict(warmup=warmup, repeats=repeats, train=train, infer=infer,
+                 num_classes=num_classes)
     for name in models:
         for prec in precisions:
-            row = _with_backoff(name, batch_size, image_size, precision=prec, mesh=mesh,
-                                warmup=warmup, repeats=repeats, train=train, infer=infer,
-                                num_classes=num_classes)
+            size = image_size or get_model_info(name).input_size[0]
+            peer_kw = dict(precision=prec, torch_compile=torch_compile, **timed)
+            # Peers in processes of their own take turns with ours, call by call.
+            turns = (peers.PeerTurns(list(vs), name, batch_size=batch_size, image_size=size,
+                                     **peer_kw) if vs and isolate_peers else None)
+            try:
+                with taking_turns(turns) if turns else contextlib.nullcontext():
+                    row = _with_backoff(name, batch_size, image_size, precision=prec,
+                                        mesh=mesh, **timed)
+            except BaseException:
+                if turns:
+                    turns.close()
+                raise
             add_measured_mfu(row, measured_peaks)
             rows.append(row)
             if progress:
                 progress(_progress_line(row))
-            measure_peer = peers.measure_peer_isolated if isolate_peers else peers.measure_peer
-            for peer in vs:
-                prow = measure_peer(
-                    peer, name, batch_size=row["batch"], image_size=row["image_size"],
-                    precision=prec, warmup=warmup, repeats=repeats, train=train,
-                    infer=infer, num_classes=num_classes, torch_compile=torch_compile)
+            prows = turns.finish() if turns else []
+            if not turns or row["batch"] != batch_size:  # ours backed off: peers again
+                measure_peer = (peers.measure_peer_isolated if isolate_peers
+                                else peers.measure_peer)
+                prows = [measure_peer(peer, name, batch_size=row["batch"],
+                                      image_size=row["image_size"], **peer_kw) for peer in vs]
+            for peer, prow in zip(vs, prows):
                 for phase in ("train", "infer"):
                     ours = row.get(f"{phase}_img_per_s")
                     theirs = prow.get(f"{phase}_img_per_s")

@@ -3,13 +3,40 @@
 Shared by our harness and the peers (``bench.speed.peers``), so both measure the same way:
 the first call apart (it compiles where the callee compiles lazily), ``warmup`` untimed calls,
 then the median of ``repeats`` timed calls, each returning only once its work is done.
+
+Inside ``taking_turns(turns)`` every call of ``time_calls`` waits for this process's turn
+first (``turns.turn()``, a context manager), and a timed call comes after an untimed one in
+the same turn (the caches and thread pools as a training loop finds them): ``bench speed``
+times ours and each peer's steps in separate processes that take turns call by call, so that
+a shared machine's load falls on both alike and no two steps ever run at once
+(``bench.speed.peers.PeerTurns``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import statistics
 import time
 from typing import Any, Callable
+
+SETTLE_S = 0.05
+_turns: contextvars.ContextVar = contextvars.ContextVar("bench_speed_turns", default=None)
+
+
+@contextlib.contextmanager
+def taking_turns(turns):
+    """Within the block, ``time_calls`` runs each call inside ``turns.turn()``."""
+    token = _turns.set(turns)
+    try:
+        yield turns
+    finally:
+        _turns.reset(token)
+
+
+def _turn():
+    turns = _turns.get()
+    return turns.turn() if turns is not None else contextlib.nullcontext()
 
 # One row per (model, framework). Peers (bench.peers) return the same keys.
 ROW_KEYS = (
@@ -136,14 +163,25 @@ def time_calls(call: Callable[[], Any], warmup: int, repeats: int) -> tuple[floa
     """``(first, median)``: seconds of the first call (which includes compilation where the
     callee compiles lazily), and the median of ``repeats`` calls after ``warmup`` more.
     ``call`` must return only once its work is finished (``block_until_ready`` or a sync)."""
-    t0 = time.perf_counter()
-    call()
-    first = time.perf_counter() - t0
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(max(1, repeats)):
+    with _turn():
         t0 = time.perf_counter()
         call()
-        times.append(time.perf_counter() - t0)
+        first = time.perf_counter() - t0
+    for _ in range(warmup):
+        with _turn():
+            call()
+    times = []
+    for _ in range(max(1, repeats)):
+        with _turn():
+            if _turns.get() is not None:
+                # Taking turns, the other process has just run (and its OpenMP threads may
+                # still spin for some milliseconds): untimed calls for at least SETTLE_S
+                # first, so that the timed one finds the machine as a step in a loop does.
+                settled = time.perf_counter() + SETTLE_S
+                call()
+                while time.perf_counter() < settled:
+                    call()
+            t0 = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t0)
     return first, statistics.median(times)
