@@ -15,11 +15,16 @@
 // takes a user-managed scratchpad, allocated per call: with the library's shared one, two
 // concurrent executions overwrote each other's partial sums (wrong kernel gradients).
 
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -167,10 +172,53 @@ ffi::Error MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k,
   return ffi::Error::Success();
 }
 
+// Every oneDNN call runs on this one thread. XLA calls a handler from whichever of its pool
+// threads runs the thunk, and OpenMP gives each calling thread a team of its own: with two
+// pool threads on two cores, one team's worker still spun while the other team ran, and
+// ResNet-20's inference step took 14.1 ms against 11.9 with passive OpenMP waiting.
+class Runner {
+ public:
+  static Runner& Get() {
+    static Runner* runner = new Runner;  // never destroyed: its thread outlives exit
+    return *runner;
+  }
+
+  void Run(const std::function<void()>& fn) {
+    std::packaged_task<void()> task(fn);
+    auto done = task.get_future();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back(&task);
+    }
+    cv_.notify_one();
+    done.get();  // rethrows what fn threw
+  }
+
+ private:
+  Runner() { std::thread([this] { Loop(); }).detach(); }
+
+  void Loop() {
+    for (;;) {
+      std::packaged_task<void()>* task;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return !queue_.empty(); });
+        task = queue_.front();
+        queue_.pop_front();
+      }
+      (*task)();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::packaged_task<void()>*> queue_;
+};
+
 template <typename Body>
 ffi::Error Guarded(Body body) {
   try {
-    body();
+    Runner::Get().Run(body);
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("onednn conv: ") + e.what());
   } catch (const std::exception& e) {
