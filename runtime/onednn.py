@@ -26,6 +26,7 @@ error instead of a fallback.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -124,6 +125,31 @@ def build(force: bool = False) -> Path:
     return out
 
 
+# How long oneDNN's OpenMP worker spins for more work after a parallel region, in libgomp's
+# units. Its default when it has no more threads than cores (300,000, some milliseconds)
+# kept the worker spinning while XLA's own thread pool ran the fusions and matrix products
+# between two oneDNN calls, three busy threads on two cores: MobileNetV2's train step took
+# 705 ms against 548 with 1,000 (libgomp's own value when it has more threads than cores),
+# EfficientNet-Lite0's 842 against 661, ResNet-20's 45.7 against 37.6.
+OPENMP_SPIN = "1000"
+
+
+@contextlib.contextmanager
+def _short_openmp_spin():
+    """``GOMP_SPINCOUNT=OPENMP_SPIN`` while the extension loads: libgomp reads it once, when
+    it is loaded, and it is restored at once so that child processes (``bench speed``'s
+    peers) do not inherit it. A ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` of the user's is
+    kept."""
+    if "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ:
+        yield
+        return
+    os.environ["GOMP_SPINCOUNT"] = OPENMP_SPIN
+    try:
+        yield
+    finally:
+        del os.environ["GOMP_SPINCOUNT"]
+
+
 def _load() -> dict:
     """Build, load and register the three FFI targets once per process."""
     with _lock:
@@ -132,7 +158,9 @@ def _load() -> dict:
         try:
             if os.environ.get("BENCH_ONEDNN", "1").strip().lower() in ("0", "off", "false", "no"):
                 raise RuntimeError("turned off by BENCH_ONEDNN=0")
-            lib = ctypes.cdll.LoadLibrary(str(build()))
+            path = build()
+            with _short_openmp_spin():
+                lib = ctypes.cdll.LoadLibrary(str(path))
             for target, symbol in _TARGETS.items():
                 jax.ffi.register_ffi_target(f"bench_onednn_conv_{target}",
                                             jax.ffi.pycapsule(getattr(lib, symbol)),

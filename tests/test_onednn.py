@@ -306,3 +306,20 @@ def test_depthwise_and_both_gradients_match_grouped_lax(case):
     text = jax.jit(lambda a, b: layers.depthwise_conv_onednn(
         a, b, strides, padding, dilation)).lower(x, kernel).as_text()
     assert "bench_onednn_conv_fwd" in text
+
+
+def test_short_openmp_spin_only_while_loading(monkeypatch):
+    """libgomp reads GOMP_SPINCOUNT when it is loaded; the setting must not leak into child
+    processes (bench speed's peers), and a user's own OpenMP setting is kept."""
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    with onednn._short_openmp_spin():
+        assert os.environ["GOMP_SPINCOUNT"] == onednn.OPENMP_SPIN
+    assert "GOMP_SPINCOUNT" not in os.environ
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    with onednn._short_openmp_spin():
+        assert "GOMP_SPINCOUNT" not in os.environ
+    monkeypatch.setenv("GOMP_SPINCOUNT", "5")
+    with onednn._short_openmp_spin():
+        assert os.environ["GOMP_SPINCOUNT"] == "5"
+    assert os.environ["GOMP_SPINCOUNT"] == "5"
