@@ -17,6 +17,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <deque>
 #include <functional>
 #include <future>
@@ -215,10 +216,23 @@ class Runner {
   std::deque<std::packaged_task<void()>*> queue_;
 };
 
+// BENCH_ONEDNN_THREAD=0 runs each call on XLA's calling thread instead (for A/B timings).
+bool OneThread() {
+  static const bool one = [] {
+    const char* v = std::getenv("BENCH_ONEDNN_THREAD");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return one;
+}
+
 template <typename Body>
 ffi::Error Guarded(Body body) {
   try {
-    Runner::Get().Run(body);
+    if (OneThread()) {
+      Runner::Get().Run(body);
+    } else {
+      body();
+    }
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("onednn conv: ") + e.what());
   } catch (const std::exception& e) {
