@@ -166,15 +166,13 @@ class _Child:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        if self.note:
-            return _failed_row(self.peer, self.model, self.kwargs, self.note)
-        self.out.seek(0)
-        self.err.seek(0)
-        row = _row_from_output(self.peer, self.model, self.kwargs, self.out.read(),
-                               self.err.read(), self.proc.returncode)
-        self.out.close()
-        self.err.close()
-        return row
+        with self.out, self.err:
+            if self.note:
+                return _failed_row(self.peer, self.model, self.kwargs, self.note)
+            self.out.seek(0)
+            self.err.seek(0)
+            return _row_from_output(self.peer, self.model, self.kwargs, self.out.read(),
+                                    self.err.read(), self.proc.returncode)
 
 
 class PeerTurns:
