@@ -53,6 +53,9 @@ _lock = threading.Lock()
 _state: dict = {}  # "lib", "version" once loaded, or "error"
 
 
+_SYSTEM_INCLUDES = (Path("/usr/include"), Path("/usr/local/include"))
+
+
 def _find_onednn() -> tuple[Path | None, Path | None]:
     """``(include_dir, lib_dir)`` of the oneDNN to build against: ``$BENCH_ONEDNN_ROOT``
     (its ``include/`` and ``lib/``), else the one pip installed into this Python environment
@@ -72,14 +75,10 @@ def _find_onednn() -> tuple[Path | None, Path | None]:
         raise RuntimeError(f"BENCH_ONEDNN_ROOT={root}: no include/oneapi/dnnl/dnnl.hpp and "
                            "lib/libdnnl.so under it")
     if ctypes.util.find_library("dnnl") is None or not any(
-            Path(d, "oneapi", "dnnl", "dnnl.hpp").is_file()
-            for d in ("/usr/include", "/usr/local/include")):
+            (d / "oneapi" / "dnnl" / "dnnl.hpp").is_file() for d in _SYSTEM_INCLUDES):
         raise RuntimeError("oneDNN not found (pip install onednn-cpu-gomp "
                            "onednn-devel-cpu-gomp, or apt-get install libdnnl-dev)")
     return None, None
-
-
-_SYSTEM_INCLUDES = (Path("/usr/include"), Path("/usr/local/include"))
 
 
 def _library_path(cxx: str, inc: Path | None, lib: Path | None) -> Path:

@@ -85,38 +85,34 @@ dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
 #endif
 }
 
+// The two backward primitives take the same arguments in either API.
+template <typename Backward>
+typename Backward::primitive_desc BackwardDesc(
+    const Geometry& g, const dnnl::convolution_forward::primitive_desc& fwd) {
+  auto src = dnnl::memory::desc(g.src, f32, tag::nhwc);
+  auto any = dnnl::memory::desc(g.weights, f32, tag::any);
+  auto dst = dnnl::memory::desc(g.dst, f32, tag::nhwc);
+  constexpr auto direct = dnnl::algorithm::convolution_direct;
+#if DNNL_VERSION_MAJOR >= 3
+  return typename Backward::primitive_desc(Engine(), direct, src, any, dst, g.strides,
+                                           g.dilation, g.pad_lo, g.pad_hi, fwd,
+                                           UserScratchpad());
+#else
+  typename Backward::desc d(direct, src, any, dst, g.strides, g.dilation, g.pad_lo, g.pad_hi);
+  return typename Backward::primitive_desc(d, UserScratchpad(), Engine(), fwd);
+#endif
+}
+
 Prim Make(int kind, const Geometry& g) {
   auto fwd = ForwardDesc(g);
   if (kind == kForward) {
     return {dnnl::convolution_forward(fwd), fwd.weights_desc(), fwd.scratchpad_desc()};
   }
-  auto src = dnnl::memory::desc(g.src, f32, tag::nhwc);
-  auto dst = dnnl::memory::desc(g.dst, f32, tag::nhwc);
-  auto any = dnnl::memory::desc(g.weights, f32, tag::any);
-  constexpr auto direct = dnnl::algorithm::convolution_direct;
   if (kind == kInputGrad) {
-#if DNNL_VERSION_MAJOR >= 3
-    auto pd = dnnl::convolution_backward_data::primitive_desc(
-        Engine(), direct, src, any, dst, g.strides, g.dilation, g.pad_lo, g.pad_hi, fwd,
-        UserScratchpad());
-#else
-    auto d = dnnl::convolution_backward_data::desc(direct, src, any, dst, g.strides,
-                                                   g.dilation, g.pad_lo, g.pad_hi);
-    auto pd = dnnl::convolution_backward_data::primitive_desc(d, UserScratchpad(), Engine(),
-                                                              fwd);
-#endif
+    auto pd = BackwardDesc<dnnl::convolution_backward_data>(g, fwd);
     return {dnnl::convolution_backward_data(pd), pd.weights_desc(), pd.scratchpad_desc()};
   }
-#if DNNL_VERSION_MAJOR >= 3
-  auto pd = dnnl::convolution_backward_weights::primitive_desc(
-      Engine(), direct, src, any, dst, g.strides, g.dilation, g.pad_lo, g.pad_hi, fwd,
-      UserScratchpad());
-#else
-  auto d = dnnl::convolution_backward_weights::desc(direct, src, any, dst, g.strides,
-                                                    g.dilation, g.pad_lo, g.pad_hi);
-  auto pd = dnnl::convolution_backward_weights::primitive_desc(d, UserScratchpad(), Engine(),
-                                                               fwd);
-#endif
+  auto pd = BackwardDesc<dnnl::convolution_backward_weights>(g, fwd);
   return {dnnl::convolution_backward_weights(pd), pd.diff_weights_desc(),
           pd.scratchpad_desc()};
 }

@@ -5,8 +5,8 @@ the first call apart (it compiles where the callee compiles lazily), ``warmup`` 
 then the median of ``repeats`` timed calls, each returning only once its work is done.
 
 Inside ``taking_turns(turns)`` every call of ``time_calls`` waits for this process's turn
-first (``turns.turn()``, a context manager), and a timed call comes after an untimed one in
-the same turn (the caches and thread pools as a training loop finds them): ``bench speed``
+first (``turns.turn()``, a context manager), and a timed call comes after ``SETTLE_S`` of
+untimed ones in the same turn (the caches and thread pools as a training loop finds them): ``bench speed``
 times ours and each peer's steps in separate processes that take turns call by call, so that
 a shared machine's load falls on both alike and no two steps ever run at once
 (``bench.speed.peers.PeerTurns``).
@@ -32,11 +32,6 @@ def taking_turns(turns):
         yield turns
     finally:
         _turns.reset(token)
-
-
-def _turn():
-    turns = _turns.get()
-    return turns.turn() if turns is not None else contextlib.nullcontext()
 
 # One row per (model, framework). Peers (bench.peers) return the same keys.
 ROW_KEYS = (
@@ -163,17 +158,19 @@ def time_calls(call: Callable[[], Any], warmup: int, repeats: int) -> tuple[floa
     """``(first, median)``: seconds of the first call (which includes compilation where the
     callee compiles lazily), and the median of ``repeats`` calls after ``warmup`` more.
     ``call`` must return only once its work is finished (``block_until_ready`` or a sync)."""
-    with _turn():
+    turns = _turns.get()
+    turn = turns.turn if turns is not None else contextlib.nullcontext
+    with turn():
         t0 = time.perf_counter()
         call()
         first = time.perf_counter() - t0
     for _ in range(warmup):
-        with _turn():
+        with turn():
             call()
     times = []
     for _ in range(max(1, repeats)):
-        with _turn():
-            if _turns.get() is not None:
+        with turn():
+            if turns is not None:
                 # Taking turns, the other process has just run (and its OpenMP threads may
                 # still spin for some milliseconds): untimed calls for at least SETTLE_S
                 # first, so that the timed one finds the machine as a step in a loop does.
