@@ -38,7 +38,8 @@ import jax
 from flax import nnx
 
 from ._registry import PretrainedFile, register_model
-from .layers import Classifier, ConvBN, DepthwiseConv, global_avg_pool, he_normal, make_head
+from .layers import (Classifier, ConvBN, DepthwiseConv, conv_bn_act, global_avg_pool, he_normal,
+                     make_head)
 from .torch_weights import assign_torch_weights, read_torch_state_dict, torch_shapes
 
 BN_EPS = 1e-3
@@ -84,7 +85,7 @@ class DepthwiseConvBN(nnx.Module):
         self.bn = nnx.BatchNorm(features, epsilon=BN_EPS, momentum=BN_MOMENTUM, rngs=rngs)
 
     def __call__(self, x):
-        return nnx.relu6(self.bn(self.conv(x)))
+        return conv_bn_act(self.conv, self.bn, x, "relu6")
 
 
 class MBConv(nnx.Module):

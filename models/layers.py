@@ -75,8 +75,102 @@ class ConvBN(nnx.Module):
         self.activation = activation
 
     def __call__(self, x):
-        x = self.bn(self.conv(x))
-        return self.activation(x) if self.activation is not None else x
+        act = _ACTIVATION_NAMES.get(self.activation, False)
+        if act is not False:  # None, ReLU, ReLU6: one oneDNN call in eval mode on CPU
+            return conv_bn_act(self.conv, self.bn, x, act)
+        return self.activation(self.bn(self.conv(x)))
+
+
+def conv_bn_act(conv: nnx.Conv, bn: nnx.BatchNorm, x: jax.Array,
+                activation: str | None = None) -> jax.Array:
+    """``activation(bn(conv(x)))``, ``activation`` one of ``None``, ``"relu"``, ``"relu6"``.
+
+    In eval mode (``bn.use_running_average``) on CPU, where ``conv`` (a ``Conv`` or
+    ``DepthwiseConv``) runs through oneDNN, it is one oneDNN call: BatchNorm's running
+    statistics folded into the kernel (``kernel * gamma / sqrt(var + eps)``) and a bias, the
+    activation a post-op (``runtime.onednn.conv2d_bias_act``), 1x1 kernels included. That
+    removes the XLA pass over each output between two oneDNN calls, which costs far more on
+    XLA:CPU than the same pass in PyTorch (``docs/cpu-formulations.md``). Gradients, should
+    anyone take them in eval mode, are those of the unfused layers. Agrees with the unfused
+    layers to float32 rounding (tests/test_onednn.py)."""
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation {activation!r}: expected one of {list(_ACTIVATIONS)}")
+    fused = _fused_geometry(conv, bn, x)
+    if fused is None:
+        y = bn(conv(x))
+        return _ACTIVATIONS[activation](y) if activation else y
+    strides, pads, dilation, groups = fused
+    inv = jax.lax.rsqrt(bn.var[...] + bn.epsilon)
+    scale = inv * bn.scale[...] if bn.scale is not None else inv
+    shift = bn.bias[...] if bn.bias is not None else jnp.zeros_like(inv)
+    bias = shift - bn.mean[...] * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias[...] * scale
+    kernel = conv.kernel[...] * scale  # the output channel is the kernel's last axis
+    return _bias_act(x, kernel, bias, (strides, pads, dilation, groups, activation))
+
+
+_ACTIVATIONS = {None: None, "relu": jax.nn.relu, "relu6": jax.nn.relu6}
+_ACTIVATION_NAMES = {None: None, nnx.relu: "relu", jax.nn.relu: "relu", nnx.relu6: "relu6",
+                     jax.nn.relu6: "relu6"}
+
+
+def _fused_geometry(conv, bn, x):
+    """``(strides, pads, dilation, groups)`` where ``conv_bn_act`` can be one oneDNN call,
+    else None."""
+    if not (bn.use_running_average and jax.default_backend() == "cpu" and x.ndim == 4
+            and bn.axis in (-1, 3) and x.dtype == jnp.float32
+            and all(v[...].dtype == jnp.float32 for v in (conv.kernel, bn.mean, bn.var))
+            and conv.mask is None and _pair(conv.input_dilation, "") == (1, 1)
+            and (not isinstance(conv.padding, str)
+                 or conv.padding.upper() in ("SAME", "VALID"))):
+        return None
+    kernel = conv.kernel[...]
+    if isinstance(conv, DepthwiseConv):
+        if resolve_depthwise_impl(conv.impl) != "onednn":
+            return None
+        groups = x.shape[3]
+    elif isinstance(conv, Conv):
+        if conv.feature_group_count != 1 or resolve_conv_impl(conv.impl) != "onednn":
+            return None
+        groups = 1
+    else:
+        return None
+    if kernel.ndim != 4 or kernel.shape[2] * groups != x.shape[3]:
+        return None
+    strides = _pair(conv.strides, "strides")
+    dilation = _pair(conv.kernel_dilation, "kernel_dilation")
+    pads = _onednn_pads(x, kernel, strides, conv.padding, dilation)
+    if pads is None:
+        return None
+    return strides, tuple(tuple(p) for p in pads), dilation, groups
+
+
+def _unfused(x, kernel, bias, geom):
+    strides, pads, dilation, groups, activation = geom
+    if groups == 1 and kernel.shape[:2] == (1, 1):
+        y = conv_matmul(x, kernel, strides, [list(p) for p in pads], dilation)
+    else:
+        y = onednn.conv2d(x, kernel, strides, pads, dilation, groups=groups)
+    y = y + bias
+    return _ACTIVATIONS[activation](y) if activation else y
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _bias_act(x, kernel, bias, geom):
+    strides, pads, dilation, groups, activation = geom
+    return onednn.conv2d_bias_act(x, kernel, bias, strides, pads, dilation, groups, activation)
+
+
+def _bias_act_fwd(x, kernel, bias, geom):
+    return _bias_act(x, kernel, bias, geom), (x, kernel, bias)
+
+
+def _bias_act_bwd(geom, res, g):
+    return jax.vjp(lambda *a: _unfused(*a, geom), *res)[1](g)
+
+
+_bias_act.defvjp(_bias_act_fwd, _bias_act_bwd)
 
 
 class Classifier(nnx.Module):
@@ -359,11 +453,12 @@ _DEPTHWISE_FNS = {"conv": depthwise_conv_grouped, "taps": depthwise_conv_taps,
 # MobileNetV2's shapes, batch 16, 2-core CPU: 1x1 forward 2.5x, forward + backward 5.9x;
 # the 3x3 RGB stem's kernel gradient 2.2x).
 #
-# ``"onednn"`` keeps ``"matmul"``'s rules and runs every other convolution without groups
-# (float32, kernel larger than 1x1) through oneDNN, forward and both gradients, as XLA FFI
-# custom calls (``runtime/onednn.py``): at the ResNets' 3x3 shapes XLA:CPU's own kernel
-# gradient takes up to 3x oneDNN's time, its input gradient up to 2.6x, its forward 0.8-2x
-# (``docs/cpu-formulations.md``).
+# ``"onednn"`` keeps ``"matmul"``'s rule for 1x1 kernels and runs every other convolution
+# without groups (float32, kernel larger than 1x1, RGB stems included) through oneDNN,
+# forward and both gradients, as XLA FFI custom calls (``runtime/onednn.py``): at the
+# ResNets' 3x3 shapes XLA:CPU's own kernel gradient takes up to 3x oneDNN's time, its input
+# gradient up to 2.6x, its forward 0.8-2x; at the 224-px RGB stems oneDNN's forward takes
+# 0.30-0.38x the im2col product's time (``docs/cpu-formulations.md``).
 # The extension is built on first use where the system has a C++ compiler and oneDNN.
 #
 # ``"auto"``, decided at trace time: on CPU, ``"onednn"`` where the extension is available
@@ -408,7 +503,7 @@ def conv_description(impl: str | None = None) -> str:
     if form == "onednn":
         dw = "and depthwise " if resolve_depthwise_impl() == "onednn" else ""
         return (f"oneDNN {onednn.version()} for kxk {dw}convolutions (XLA FFI custom calls); "
-                "1x1 and RGB-stem convolutions as matrix products")
+                "1x1 convolutions as matrix products")
     why = ""
     if impl is None and os.environ.get(_ENV_CONV) in (None, "", "auto"):
         why = ("; oneDNN: more than one device" if jax.device_count() > 1
@@ -498,9 +593,10 @@ _conv_custom_dw.defvjp(_conv_custom_dw_fwd, _conv_custom_dw_bwd)
 
 class Conv(nnx.Conv):
     """``nnx.Conv`` (same parameters, kernel layout and results) that runs, on CPU, a 1x1
-    convolution and a convolution of an RGB-like input as a matrix product (``conv_matmul``)
-    and every other float32 convolution without groups through oneDNN where the extension
-    is available (``runtime.onednn``); ``impl`` / ``$BENCH_CONV``: one of ``CONV_IMPLS``.
+    convolution as a matrix product (``conv_matmul``) and every other float32 convolution
+    without groups through oneDNN where the extension is available (``runtime.onednn``;
+    without it, a convolution of an RGB-like input is an im2col product too); ``impl`` /
+    ``$BENCH_CONV``: one of ``CONV_IMPLS``.
     Every family builds its convolutions with it; weight loaders see an ``nnx.Conv``."""
 
     def __init__(self, *args, impl: str | None = None, **kwargs):
@@ -520,9 +616,11 @@ class Conv(nnx.Conv):
                 or (isinstance(self.padding, str)
                     and self.padding.upper() not in ("SAME", "VALID"))):
             return "xla"
+        if impl == "onednn" and kernel_shape[:2] != (1, 1):
+            return "onednn"  # RGB stems too (2.7-3.3x the im2col product at 224 px)
         if conv_matmul_applies(kernel_shape, self.feature_group_count):
             return "matmul"
-        return impl if impl in ("im2col", "taps", "onednn") else "xla"
+        return impl if impl in ("im2col", "taps") else "xla"
 
     def __call__(self, x: jax.Array) -> jax.Array:
         form = self._form(x)
@@ -537,8 +635,11 @@ class Conv(nnx.Conv):
             dilation = _pair(self.kernel_dilation, "kernel_dilation")
             pads = _onednn_pads(x, kernel, strides, self.padding, dilation)
             if pads is None:
-                return super().__call__(x_in)
-            y = onednn.conv2d(x, kernel, strides, pads, dilation)
+                if not conv_matmul_applies(kernel.shape):
+                    return super().__call__(x_in)
+                y = conv_matmul(x, kernel, self.strides, self.padding, self.kernel_dilation)
+            else:
+                y = onednn.conv2d(x, kernel, strides, pads, dilation)
         elif form == "matmul":
             y = conv_matmul(x, kernel, self.strides, self.padding, self.kernel_dilation)
         else:

@@ -19,7 +19,8 @@ from flax import nnx
 
 from ._registry import PretrainedFile, register_model
 from .keras_weights import load_keras_h5
-from .layers import Conv, Classifier, DepthwiseConv, glorot_uniform, global_avg_pool, make_head
+from .layers import (Conv, Classifier, DepthwiseConv, conv_bn_act, glorot_uniform,
+                     global_avg_pool, make_head)
 
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.999  # keras.applications.mobilenet_v2, every BatchNormalization
@@ -54,10 +55,6 @@ def correct_pad(x, kernel_size: int = 3) -> tuple[tuple[int, int], tuple[int, in
     return (k - (1 - h % 2), k), (k - (1 - w % 2), k)
 
 
-def relu6(x):
-    return jnp.clip(x, 0.0, 6.0)
-
-
 def _conv1x1(in_f: int, out_f: int, *, rngs):
     return Conv(in_f, out_f, (1, 1), use_bias=False, kernel_init=glorot_uniform, rngs=rngs)
 
@@ -76,7 +73,7 @@ class ConvBNReLU6(nnx.Module):
         self.bn = _bn(out_f, rngs=rngs, momentum=bn_momentum)
 
     def __call__(self, x):
-        return relu6(self.bn(self.conv(x)))
+        return conv_bn_act(self.conv, self.bn, x, "relu6")
 
 
 class InvertedResidual(nnx.Module):
@@ -99,12 +96,12 @@ class InvertedResidual(nnx.Module):
 
     def __call__(self, x):
         y = x
-        if self.expand is not None:
-            y = relu6(self.expand_bn(self.expand(y)))
+        if self.expand is not None:  # conv_bn_act: one oneDNN call in eval mode on CPU
+            y = conv_bn_act(self.expand, self.expand_bn, y, "relu6")
         if self.stride == 2:
             y = jnp.pad(y, ((0, 0), *correct_pad(y, 3), (0, 0)))
-        y = relu6(self.depthwise_bn(self.depthwise(y)))
-        y = self.project_bn(self.project(y))
+        y = conv_bn_act(self.depthwise, self.depthwise_bn, y, "relu6")
+        y = conv_bn_act(self.project, self.project_bn, y)
         return x + y if self.residual else y
 
     def keras_layers(self, block_id: int) -> dict:

@@ -25,6 +25,7 @@ from .layers import (
     Conv,
     KERAS_BN_MOMENTUM,
     Classifier,
+    conv_bn_act,
     global_avg_pool,
     glorot_uniform,
     make_head,
@@ -53,7 +54,7 @@ class Stem(nnx.Module):
         self.bn = _bn(features, rngs=rngs)
 
     def __call__(self, x):
-        x = nnx.relu(self.bn(self.conv(x)))
+        x = conv_bn_act(self.conv, self.bn, x, "relu")
         # Zero padding, not -inf: the same as Keras, and the values are >= 0 after the ReLU.
         x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
         return max_pool(x, 3, 2)
@@ -78,10 +79,12 @@ class Bottleneck(nnx.Module):
         self.bn3 = _bn(out, rngs=rngs)
 
     def __call__(self, x):
-        s = x if self.shortcut_conv is None else self.shortcut_bn(self.shortcut_conv(x))
-        y = nnx.relu(self.bn1(self.conv1(x)))
-        y = nnx.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
+        # conv_bn_act: one oneDNN call each in eval mode on CPU, else the three layers.
+        s = x if self.shortcut_conv is None else conv_bn_act(self.shortcut_conv,
+                                                              self.shortcut_bn, x)
+        y = conv_bn_act(self.conv1, self.bn1, x, "relu")
+        y = conv_bn_act(self.conv2, self.bn2, y, "relu")
+        y = conv_bn_act(self.conv3, self.bn3, y)
         return nnx.relu(s + y)
 
     def keras_layers(self, prefix: str) -> dict:

@@ -48,7 +48,8 @@ from runtime.paths import cache_root
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 _TARGETS = {"fwd": "BenchOnednnConvForward", "dx": "BenchOnednnConvInputGrad",
-            "dk": "BenchOnednnConvKernelGrad"}
+            "dk": "BenchOnednnConvKernelGrad", "bias_act": "BenchOnednnConvBiasAct"}
+ACTIVATIONS = {None: 0, "relu": 1, "relu6": 2}  # conv2d_bias_act's post-op
 _lock = threading.Lock()
 _state: dict = {}  # "lib", "version" once loaded, or "error"
 
@@ -150,7 +151,7 @@ def _short_openmp_spin():
 
 
 def _load() -> dict:
-    """Build, load and register the three FFI targets once per process."""
+    """Build, load and register the FFI targets once per process."""
     with _lock:
         if _state:
             return _state
@@ -213,6 +214,36 @@ def conv2d(x, kernel, strides, pads, dilation, groups: int = 1):
         # product, which models.layers.conv_matmul computes.
         raise ValueError("oneDNN conv2d: 1x1 kernels are matrix products (conv_matmul)")
     return _conv(x, kernel, geom)
+
+
+def conv2d_bias_act(x, kernel, bias, strides, pads, dilation, groups: int = 1,
+                    act: str | None = None):
+    """``act(conv2d(x, kernel, ...) + bias)`` in one oneDNN call, for inference: the bias and
+    the activation (``None``, ``"relu"`` or ``"relu6"``) are post-ops of the convolution, so
+    no pass over the output follows it. Any kernel size, 1x1 included (only the strided 1x1
+    kernel gradient is wrong in oneDNN, and this has no gradient: JAX refuses to
+    differentiate it; ``models.layers.conv_bn_act`` gives it one). Raises where ``conv2d``
+    does."""
+    if not available():
+        raise RuntimeError(f"oneDNN conv2d unavailable: {why_unavailable()}")
+    if act not in ACTIVATIONS:
+        raise ValueError(f"oneDNN conv2d activation {act!r}: expected one of {list(ACTIVATIONS)}")
+    if any(a.dtype != jnp.float32 for a in (x, kernel, bias)):
+        raise TypeError(f"oneDNN conv2d takes float32, got {x.dtype}, {kernel.dtype} and "
+                        f"{bias.dtype}")
+    if (x.ndim != 4 or kernel.ndim != 4 or groups < 1 or x.shape[3] != kernel.shape[2] * groups
+            or kernel.shape[3] % groups or bias.shape != (kernel.shape[3],)):
+        raise ValueError(f"oneDNN conv2d: input {x.shape}, HWIO kernel {kernel.shape} in "
+                         f"{groups} group(s) and bias {bias.shape}")
+    geom = (tuple(strides), tuple(tuple(p) for p in pads), tuple(dilation), int(groups))
+    if any(p < 0 for pair in geom[1] for p in pair):
+        raise ValueError(f"oneDNN conv2d: negative padding {geom[1]}")
+    oh, ow = _out_hw(x.shape, kernel.shape, geom)
+    if oh <= 0 or ow <= 0:
+        raise ValueError(f"oneDNN conv2d of {x.shape} with {kernel.shape}: empty output")
+    out = jax.ShapeDtypeStruct((x.shape[0], oh, ow, kernel.shape[3]), x.dtype)
+    return jax.ffi.ffi_call("bench_onednn_conv_bias_act", out, vmap_method="sequential")(
+        x, kernel, bias, **_attrs(geom), act=np.int64(ACTIVATIONS[act]))
 
 
 def _attrs(geom) -> dict:
@@ -288,8 +319,8 @@ def custom_call_flops(hlo_text: str) -> tuple[float, int]:
         for name, vals in _ATTR.findall(m.group(5)):
             v = [int(t) for t in vals.replace(" ", "").split(",")]
             attrs[name] = v * 2 if len(v) == 1 else v
-        x, out, kernel = {"fwd": (a, result, b), "dx": (result, a, b),
-                          "dk": (a, b, result)}[kind]
+        x, out, kernel = {"fwd": (a, result, b), "bias_act": (a, result, b),
+                          "dx": (result, a, b), "dk": (a, b, result)}[kind]
         valid = [_taps_reading_input(x[1 + i], out[1 + i], kernel[i], attrs["strides"][i],
                                      attrs["pad_lo"][i], attrs["dilation"][i])
                  for i in range(2)]

@@ -1,7 +1,10 @@
 // 2-D convolution (NHWC activations, HWIO kernel, optionally grouped: depthwise) on the CPU
 // through oneDNN, as
-// three XLA FFI handlers: the forward, the input gradient and the kernel gradient. Built and
-// loaded by runtime/onednn.py, used by models.layers.Conv on CPU (see docs/cpu-formulations.md).
+// three XLA FFI handlers: the forward, the input gradient and the kernel gradient, plus a
+// fourth for inference, the forward with a bias and an activation (none, ReLU or ReLU6) as
+// post-ops (models.layers.conv_bn_act folds an eval-mode BatchNorm into kernel and bias).
+// Built and loaded by runtime/onednn.py, used by models.layers.Conv on CPU (see
+// docs/cpu-formulations.md).
 //
 // Attributes (int64 arrays of two): strides, pad_lo, pad_hi (explicit padding, >= 0) and
 // dilation (1 = none); groups (int64: the input channels split into that many groups, the
@@ -27,6 +30,7 @@
 #include <string>
 #include <thread>
 #include <tuple>
+#include <unordered_map>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -40,7 +44,9 @@ using dims = dnnl::memory::dims;
 using tag = dnnl::memory::format_tag;
 constexpr auto f32 = dnnl::memory::data_type::f32;
 
-enum Kind { kForward = 0, kInputGrad = 1, kKernelGrad = 2 };
+enum Kind { kForward = 0, kInputGrad = 1, kKernelGrad = 2, kBiasAct = 3 };
+// kBiasAct + act is the forward with a bias and this activation after it.
+enum Act { kNoAct = 0, kRelu = 1, kRelu6 = 2 };
 
 struct Geometry {
   dims src, weights, dst, strides, pad_lo, pad_hi, dilation;  // oneDNN's logical orders
@@ -85,6 +91,37 @@ dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
 #endif
 }
 
+// The forward for inference: y = act(conv(x, kernel) + bias), act a post-op.
+dnnl::convolution_forward::primitive_desc BiasActDesc(const Geometry& g, int act) {
+  auto src = dnnl::memory::desc(g.src, f32, tag::nhwc);
+  auto any = dnnl::memory::desc(g.weights, f32, tag::any);
+  auto bias = dnnl::memory::desc({g.dst[1]}, f32, tag::a);
+  auto dst = dnnl::memory::desc(g.dst, f32, tag::nhwc);
+  auto attr = UserScratchpad();
+  if (act != kNoAct) {
+    auto alg = act == kRelu ? dnnl::algorithm::eltwise_relu : dnnl::algorithm::eltwise_clip;
+    float hi = act == kRelu ? 0.f : 6.f;  // relu: alpha (negative slope) 0; clip: [0, 6]
+    dnnl::post_ops ops;
+#if DNNL_VERSION_MAJOR >= 3
+    ops.append_eltwise(alg, 0.f, hi);
+#else
+    ops.append_eltwise(1.f, alg, 0.f, hi);
+#endif
+    attr.set_post_ops(ops);
+  }
+  constexpr auto inference = dnnl::prop_kind::forward_inference;
+  constexpr auto direct = dnnl::algorithm::convolution_direct;
+#if DNNL_VERSION_MAJOR >= 3
+  return dnnl::convolution_forward::primitive_desc(Engine(), inference, direct, src, any, bias,
+                                                   dst, g.strides, g.dilation, g.pad_lo,
+                                                   g.pad_hi, attr);
+#else
+  auto d = dnnl::convolution_forward::desc(inference, direct, src, any, bias, dst, g.strides,
+                                           g.dilation, g.pad_lo, g.pad_hi);
+  return dnnl::convolution_forward::primitive_desc(d, attr, Engine());
+#endif
+}
+
 // The two backward primitives take the same arguments in either API.
 template <typename Backward>
 typename Backward::primitive_desc BackwardDesc(
@@ -104,6 +141,10 @@ typename Backward::primitive_desc BackwardDesc(
 }
 
 Prim Make(int kind, const Geometry& g) {
+  if (kind >= kBiasAct) {
+    auto pd = BiasActDesc(g, kind - kBiasAct);
+    return {dnnl::convolution_forward(pd), pd.weights_desc(), pd.scratchpad_desc()};
+  }
   auto fwd = ForwardDesc(g);
   if (kind == kForward) {
     return {dnnl::convolution_forward(fwd), fwd.weights_desc(), fwd.scratchpad_desc()};
@@ -239,7 +280,8 @@ ffi::Error Guarded(Body body) {
 
 // Runs a forward or input-gradient primitive: its kernel is read in `p.weights`' layout.
 void RunWithKernel(const Prim& p, const Geometry& g, float* kernel, int in_arg, float* in,
-                   const dims& in_dims, int out_arg, float* out, const dims& out_dims) {
+                   const dims& in_dims, int out_arg, float* out, const dims& out_dims,
+                   float* bias = nullptr) {
   auto& eng = Engine();
   auto& s = Stream();
   dnnl::memory hwio(dnnl::memory::desc(g.weights, f32, g.weights_tag), eng, kernel);
@@ -251,8 +293,13 @@ void RunWithKernel(const Prim& p, const Geometry& g, float* kernel, int in_arg, 
   dnnl::memory a(dnnl::memory::desc(in_dims, f32, tag::nhwc), eng, in);
   dnnl::memory b(dnnl::memory::desc(out_dims, f32, tag::nhwc), eng, out);
   dnnl::memory scratch(p.scratchpad, eng);
-  p.prim.execute(s, {{in_arg, a}, {DNNL_ARG_WEIGHTS, w}, {out_arg, b},
-                     {DNNL_ARG_SCRATCHPAD, scratch}});
+  std::unordered_map<int, dnnl::memory> args{
+      {in_arg, a}, {DNNL_ARG_WEIGHTS, w}, {out_arg, b}, {DNNL_ARG_SCRATCHPAD, scratch}};
+  if (bias != nullptr) {
+    args.insert({DNNL_ARG_BIAS, dnnl::memory(dnnl::memory::desc({out_dims[1]}, f32, tag::a),
+                                             eng, bias)});
+  }
+  p.prim.execute(s, args);
   s.wait();
 }
 
@@ -268,6 +315,28 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
     auto p = Get(kForward, g);
     RunWithKernel(*p, g, kernel.typed_data(), DNNL_ARG_SRC, x.typed_data(), g.src,
                   DNNL_ARG_DST, y->typed_data(), g.dst);
+  });
+}
+
+ffi::Error BiasActForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                          ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
+                          ffi::Span<const int64_t> strides, ffi::Span<const int64_t> pad_lo,
+                          ffi::Span<const int64_t> pad_hi, ffi::Span<const int64_t> dilation,
+                          int64_t groups, int64_t act) {
+  Geometry g;
+  auto err = MakeGeometry(x.dimensions(), kernel.dimensions(), y->dimensions(), strides,
+                          pad_lo, pad_hi, dilation, groups, &g);
+  if (!err.success()) return err;
+  if (act < kNoAct || act > kRelu6) {
+    return ffi::Error::InvalidArgument("onednn conv: act is 0 (none), 1 (relu) or 2 (relu6)");
+  }
+  if (bias.dimensions().size() != 1 || bias.dimensions()[0] != g.dst[1]) {
+    return ffi::Error::InvalidArgument("onednn conv: bias must have one value per output");
+  }
+  return Guarded([&] {
+    auto p = Get(kBiasAct + static_cast<int>(act), g);
+    RunWithKernel(*p, g, kernel.typed_data(), DNNL_ARG_SRC, x.typed_data(), g.src,
+                  DNNL_ARG_DST, y->typed_data(), g.dst, bias.typed_data());
   });
 }
 
@@ -328,6 +397,19 @@ ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchOnednnConvForward, Forward, BENCH_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchOnednnConvInputGrad, InputGrad, BENCH_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchOnednnConvKernelGrad, KernelGrad, BENCH_CONV_BINDING);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchOnednnConvBiasAct, BiasActForward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("pad_lo")
+                                  .Attr<ffi::Span<const int64_t>>("pad_hi")
+                                  .Attr<ffi::Span<const int64_t>>("dilation")
+                                  .Attr<int64_t>("groups")
+                                  .Attr<int64_t>("act"));
 
 extern "C" const char* BenchOnednnVersion() {
   static std::string v = [] {

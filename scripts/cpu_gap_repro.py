@@ -1,4 +1,4 @@
-"""Minimal reproductions of the ops that keep our CPU train step behind PyTorch's, each
+"""Minimal reproductions of the ops that keep our CPU steps behind PyTorch's, each
 timed in JAX and in PyTorch (eager, channels_last), each framework in a process of its own
 (two in one process share the OpenMP runtime and slow each other), round by round:
 
@@ -7,7 +7,13 @@ timed in JAX and in PyTorch (eager, channels_last), each framework in a process 
   call less its forward); in JAX both as XLA's ``lax.conv`` and as our oneDNN custom calls
   (``runtime.onednn``, where it builds);
 - ``bn_relu6``: training-mode BatchNorm then ReLU6 at MobileNetV2's widest expanded
-  activation (16x112x112x96): forward + backward of ``sum(relu6(bn(x)) * g)``.
+  activation (16x112x112x96): forward + backward of ``sum(relu6(bn(x)) * g)``;
+- ``fwd3x3 HxWxC``: the inference forward of a 3x3 stride-1 convolution (C to C channels,
+  batch 16) at each stage of ResNet-20 (32, 16, 8 px) and ResNet-50 (56, 28, 14, 7 px): ours
+  through oneDNN (the pip wheel's 3.2, or ``$BENCH_ONEDNN_ROOT``'s) against PyTorch's
+  (the oneDNN built into it; ``torch.__config__.show()`` names its version);
+- ``chain``: 12 such convolutions at 16x32x32x16 in one program (one eager loop), with and
+  without a ReLU between each two: what an XLA fusion between two oneDNN calls costs.
 
     python scripts/cpu_gap_repro.py [--rounds 5] [--repeats 10]
 
@@ -21,6 +27,9 @@ import os
 import statistics
 
 import numpy as np
+
+INFER_SHAPES = ((32, 16), (16, 32), (8, 64), (56, 64), (28, 128), (14, 256), (7, 512))
+CHAIN = 12
 
 
 def _ms(fn, repeats: int) -> float:
@@ -73,6 +82,23 @@ def jax_ops(rng) -> dict:
         ops.update({"conv fwd (oneDNN)": lambda: fwd_d(x, w).block_until_ready(),
                     "conv input grad (oneDNN)": lambda: dx_d(g, w).block_until_ready(),
                     "conv kernel grad (oneDNN)": lambda: dw_d(g, x).block_until_ready()})
+        for hw, c in INFER_SHAPES:
+            xi = jnp.asarray(rng.standard_normal((16, hw, hw, c), np.float32))
+            wi = jnp.asarray(rng.standard_normal((3, 3, c, c), np.float32) * 0.05)
+            ops[f"fwd3x3 {hw}x{hw}x{c} (oneDNN)"] = (
+                lambda xi=xi, wi=wi: fwd_d(xi, wi).block_until_ready())
+        ws = [jnp.asarray(rng.standard_normal((3, 3, 16, 16), np.float32) * 0.05)
+              for _ in range(CHAIN)]
+        for relu in (False, True):
+            def chain(x, ws, relu=relu):
+                for k in ws:
+                    x = conv_dnn(x, k)
+                    x = jax.nn.relu(x) if relu else x
+                return x
+
+            f = jax.jit(chain)
+            ops[f"chain{' + relu' if relu else ''} (oneDNN)"] = (
+                lambda f=f, ws=ws: f(x, ws).block_until_ready())
     return ops
 
 
@@ -100,8 +126,30 @@ def torch_ops(rng) -> dict:
     def bn_step():
         (torch.nn.functional.relu6(bn(b)) * gb).sum().backward()
 
-    return {"conv fwd": fwd, "conv input grad + fwd": both((xr, xr)),
-            "conv kernel grad + fwd": both((x, conv.weight)), "bn_relu6 fwd+bwd": bn_step}
+    ops = {"conv fwd": fwd, "conv input grad + fwd": both((xr, xr)),
+           "conv kernel grad + fwd": both((x, conv.weight)), "bn_relu6 fwd+bwd": bn_step}
+    for hw, c in INFER_SHAPES:
+        xi = torch.from_numpy(rng.standard_normal((16, c, hw, hw), np.float32)).to(
+            memory_format=cl)
+        ci = torch.nn.Conv2d(c, c, 3, padding=1, bias=False).to(memory_format=cl).eval()
+
+        def infer(xi=xi, ci=ci):
+            with torch.inference_mode():
+                ci(xi)
+
+        ops[f"fwd3x3 {hw}x{hw}x{c}"] = infer
+    convs = [torch.nn.Conv2d(16, 16, 3, padding=1, bias=False).to(memory_format=cl).eval()
+             for _ in range(CHAIN)]
+    for relu in (False, True):
+        def chain(relu=relu):
+            with torch.inference_mode():
+                y = x
+                for c in convs:
+                    y = c(y)
+                    y = torch.relu(y) if relu else y
+
+        ops[f"chain{' + relu' if relu else ''}"] = chain
+    return ops
 
 
 def _one_round(framework: str, repeats: int) -> dict:
@@ -143,6 +191,8 @@ def main(argv=None) -> int:
                 "conv kernel grad": m[("torch", "conv kernel grad + fwd")]
                 - m[("torch", "conv fwd")],
                 "bn_relu6 fwd+bwd": m[("torch", "bn_relu6 fwd+bwd")]}
+    torch_ms.update({k: v for (fw, k), v in m.items()
+                     if fw == "torch" and k.startswith(("fwd3x3", "chain"))})
     print(f"load average {load0:.2f} -> {os.getloadavg()[0]:.2f}; CPUs {len(os.sched_getaffinity(0))}")
     print("| op | jax ms | torch ms | jax / torch |")
     print("|---|---|---|---|")

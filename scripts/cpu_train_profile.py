@@ -1,4 +1,5 @@
-"""Where one CPU train step spends its time, per op class, in JAX (XLA:CPU) and PyTorch.
+"""Where one CPU train step spends its time, per op class, in JAX (XLA:CPU) and PyTorch
+(``--infer``: the inference step instead).
 
 JAX: ``bench speed``'s own train step (``bench.speed.harness.prepare``), traced with
 ``jax.profiler`` (the Perfetto trace: one event per XLA:CPU thunk), each thunk mapped back to
@@ -12,7 +13,7 @@ copies. PyTorch: the peer's eager step (``bench.speed.peers.torch_peer``) under
 gradients in one call, so the two are one figure there.
 
     python scripts/cpu_train_profile.py --models resnet20,mobilenet_v2 [--batch 16]
-        [--steps 5] [--no-torch] [--json out.json]
+        [--steps 5] [--infer] [--no-torch] [--json out.json]
 
 Op times are sums over the thunks (two may run at once on two cores), per step; ``step ms``
 is the wall time of a traced step, profiler overhead included, so compare classes within a
@@ -151,7 +152,8 @@ def classify(hlo: dict, inst: dict, kernel_sizes: set[int]) -> str:
     opcodes = {o["opcode"] for o in ops}
     bwd = "transpose(" in inst["op_name"]
     if (inst.get("target") or "").startswith("bench_onednn_conv_"):  # runtime.onednn
-        kind = {"fwd": "fwd", "dx": "input grad", "dk": "kernel grad"}[inst["target"][18:]]
+        kind = {"fwd": "fwd", "bias_act": "fwd", "dx": "input grad",
+                "dk": "kernel grad"}[inst["target"][18:]]
         return f"{'depthwise' if (inst['groups'] or 1) > 1 else 'conv'} {kind}"
     if "/optax/" in files and "/optax/losses/" not in files:
         return "optimizer"
@@ -223,28 +225,31 @@ def trace_events(log_dir: str) -> list[dict]:
     return [e for e in events if e.get("ph") == "X"]
 
 
-def profile_jax(name: str, batch: int, size: int | None, steps: int) -> dict:
-    """Per-class ms per step of our train step, plus its untraced median step ms."""
+def profile_jax(name: str, batch: int, size: int | None, steps: int,
+                infer: bool = False) -> dict:
+    """Per-class ms per step of our train (``infer``: inference) step, plus its untraced
+    median step ms."""
     import statistics
 
     import jax
 
     from bench.speed import harness
 
-    prep = harness.prepare(name, batch, size, infer=False)
-    hlo = parse_hlo(prep.train.as_text())
+    prep = harness.prepare(name, batch, size, train=not infer, infer=infer)
+    hlo = parse_hlo((prep.infer if infer else prep.train).as_text())
+    step = prep.infer_step if infer else prep.train_step
     cls = classify_all(hlo)
     for _ in range(2):
-        prep.train_step()
+        step()
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        prep.train_step()
+        step()
         times.append(time.perf_counter() - t0)
     with tempfile.TemporaryDirectory() as d:
         jax.profiler.start_trace(d, create_perfetto_trace=True)
         for _ in range(steps):
-            prep.train_step()
+            step()
         jax.profiler.stop_trace()
         events = trace_events(d)
     per = collections.Counter()
@@ -254,7 +259,8 @@ def profile_jax(name: str, batch: int, size: int | None, steps: int) -> dict:
             per[c] += e.get("dur", 0) / 1000 / steps
     return {"model": name, "framework": "jax", "image_size": prep.image_size,
             "step_ms": 1000 * statistics.median(times), "ops_ms": dict(per),
-            "train_flops": prep.train_flops}
+            "phase": "infer" if infer else "train",
+            "flops": prep.infer_flops if infer else prep.train_flops}
 
 
 _TORCH_CLASSES = (  # (substring of the aten op name, class), first match wins
@@ -267,9 +273,9 @@ _TORCH_CLASSES = (  # (substring of the aten op name, class), first match wins
 
 
 def profile_torch(name: str, batch: int, size: int, steps: int,
-                  threads: int | None = None) -> dict:
-    """Per-class self-CPU ms per step of the PyTorch peer's eager train step (with
-    ``threads`` intra-op threads, default PyTorch's own)."""
+                  threads: int | None = None, infer: bool = False) -> dict:
+    """Per-class self-CPU ms per step of the PyTorch peer's eager train (``infer``:
+    inference) step (with ``threads`` intra-op threads, default PyTorch's own)."""
     import statistics
 
     import torch
@@ -279,7 +285,7 @@ def profile_torch(name: str, batch: int, size: int, steps: int,
     if threads:
         torch.set_num_threads(threads)
     steps_ = torch_peer.eager_steps(name, batch, size)
-    step, origin = steps_["train"], steps_["origin"]
+    step, origin = steps_["infer" if infer else "train"], steps_["origin"]
 
     for _ in range(2):
         step()
@@ -295,7 +301,7 @@ def profile_torch(name: str, batch: int, size: int, steps: int,
     for e in prof.events():
         per[_torch_class(e)] += e.self_cpu_time_total / 1000 / steps
     return {"model": name, "framework": f"torch@{torch.get_num_threads()}",
-            "image_size": size, "origin": origin,
+            "image_size": size, "origin": origin, "phase": "infer" if infer else "train",
             "step_ms": 1000 * statistics.median(times), "ops_ms": dict(per)}
 
 
@@ -338,6 +344,8 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="resnet20,resnet50,mobilenet_v2,efficientnet_lite0")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--infer", action="store_true",
+                   help="profile the inference step (eval mode) instead of the train step")
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--no-jax", action="store_true",
                    help="PyTorch only: run the two sides in separate processes, since two "
@@ -365,13 +373,13 @@ def main(argv=None) -> int:
 
             size = models.get_model_info(name).input_size[0]
         else:
-            r = profile_jax(name, args.batch, None, args.steps)
+            r = profile_jax(name, args.batch, None, args.steps, args.infer)
             results.append(r)
             size = r["image_size"]
             print(f"{name} jax: step {r['step_ms']:.1f} ms", flush=True)
         for threads in ([] if args.no_torch else
                         [int(t) for t in args.torch_threads.split(",") if t] or [None]):
-            t = profile_torch(name, args.batch, size, args.steps, threads)
+            t = profile_torch(name, args.batch, size, args.steps, threads, args.infer)
             results.append(t)
             print(f"{name} {t['framework']}: step {t['step_ms']:.1f} ms", flush=True)
     print(f"load average: {os.getloadavg()}")

@@ -121,6 +121,39 @@ def test_layer_matches_nnx_conv_and_calls_onednn(kernel, strides, padding, monke
 
 
 @needs_onednn
+@pytest.mark.parametrize("kernel,strides", [(3, 1), (3, 2), (7, 2)])
+def test_rgb_stem_through_onednn_matches_lax(kernel, strides, monkeypatch):
+    """A 3-channel stem is oneDNN's under ``onednn`` (im2col product under ``matmul``):
+    values and kernel gradient match ``lax.conv``, and its input gradient (of the images,
+    which nothing uses) is never computed."""
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 15, 14, 3)), jnp.float32)
+    g = jnp.asarray(np.random.default_rng(3).normal(size=(2, 8, 7, 5)
+                                                    if strides == 2 else (2, 15, 14, 5)),
+                    jnp.float32)
+    conv = Conv(3, 5, (kernel, kernel), strides=strides, padding="SAME", use_bias=False,
+                rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(conv)
+    k = conv.kernel[...]
+    pads = layers._explicit_pads("SAME", x.shape[1:3], (kernel, kernel), (strides, strides),
+                                 (1, 1))
+    want = jax.value_and_grad(lambda k: jnp.sum(_lax(x, k, (strides, strides), pads,
+                                                     (1, 1)) * g))(k)
+
+    def loss(state):
+        return jnp.sum(nnx.merge(graphdef, state)(x) * g)
+
+    for impl in ("onednn", "matmul"):
+        monkeypatch.setenv("BENCH_CONV", impl)
+        value, grads = jax.value_and_grad(loss)(state)
+        np.testing.assert_allclose(value, want[0], rtol=1e-4)
+        np.testing.assert_allclose(grads["kernel"][...], want[1], rtol=1e-4, atol=1e-4)
+        text = jax.jit(jax.value_and_grad(loss)).lower(state).compile().as_text()
+        assert ("bench_onednn_conv_fwd" in text) == (impl == "onednn")
+        assert ("bench_onednn_conv_dk" in text) == (impl == "onednn")
+        assert "bench_onednn_conv_dx" not in text
+
+
+@needs_onednn
 def test_auto_picks_onednn_on_one_cpu_device(monkeypatch):
     monkeypatch.delenv("BENCH_CONV", raising=False)
     monkeypatch.delenv("BENCH_DEPTHWISE", raising=False)
@@ -323,3 +356,70 @@ def test_short_openmp_spin_only_while_loading(monkeypatch):
     with onednn._short_openmp_spin():
         assert os.environ["GOMP_SPINCOUNT"] == "5"
     assert os.environ["GOMP_SPINCOUNT"] == "5"
+
+
+def _bn_with_stats(features, seed):
+    bn = nnx.BatchNorm(features, epsilon=1e-3, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(seed)
+    bn.mean[...] = jnp.asarray(rng.normal(size=features), jnp.float32)
+    bn.var[...] = jnp.asarray(rng.uniform(0.5, 2.0, size=features), jnp.float32)
+    bn.scale[...] = jnp.asarray(rng.uniform(0.5, 1.5, size=features), jnp.float32)
+    bn.bias[...] = jnp.asarray(rng.normal(size=features), jnp.float32)
+    return bn
+
+
+@needs_onednn
+@pytest.mark.parametrize("make,act", [
+    (lambda: Conv(6, 8, (3, 3), strides=1, rngs=nnx.Rngs(0)), "relu"),
+    (lambda: Conv(6, 8, (3, 3), strides=2, use_bias=True, rngs=nnx.Rngs(0)), "relu6"),
+    (lambda: Conv(6, 8, (1, 1), rngs=nnx.Rngs(0)), None),
+    (lambda: Conv(6, 8, (1, 1), strides=2, rngs=nnx.Rngs(0)), "relu"),
+    (lambda: Conv(6, 8, (5, 5), strides=2, padding="VALID", rngs=nnx.Rngs(0)), "relu6"),
+    (lambda: layers.DepthwiseConv(6, 1, 3, 2, rngs=nnx.Rngs(0)), "relu6"),
+    (lambda: layers.DepthwiseConv(6, 2, 3, 1, rngs=nnx.Rngs(0)), None)])
+def test_eval_conv_bn_act_is_one_onednn_call(make, act, monkeypatch):
+    """In eval mode ``conv_bn_act`` folds BatchNorm into the kernel and a bias and runs the
+    activation as oneDNN's post-op: same values and gradients as the unfused layers; in
+    train mode it is the unfused layers."""
+    monkeypatch.delenv("BENCH_CONV", raising=False)
+    monkeypatch.delenv("BENCH_DEPTHWISE", raising=False)
+    if jax.device_count() != 1:
+        pytest.skip("oneDNN is used with one device only")
+    conv = make()
+    conv.kernel[...] = conv.kernel[...] * 3.0  # outputs on both sides of 0 and of 6
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 11, 10, 6)), jnp.float32)
+    cout = conv.kernel.shape[-1]
+    bn = _bn_with_stats(cout, 5)
+    fn = {None: lambda y: y, "relu": jax.nn.relu, "relu6": jax.nn.relu6}[act]
+
+    def unfused(x):
+        return fn(bn(conv(x)))
+
+    def fused(x):
+        return layers.conv_bn_act(conv, bn, x, act)
+
+    bn.eval()
+    want, got = unfused(x), fused(x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert float(jnp.max(want)) == 6 if act == "relu6" else float(jnp.max(want)) > 0
+    assert float(jnp.min(want)) == 0 if act else float(jnp.min(want)) < 0
+    assert "bench_onednn_conv_bias_act" in jax.jit(fused).lower(x).as_text()
+    g = jnp.asarray(np.random.default_rng(6).normal(size=want.shape), jnp.float32)
+    np.testing.assert_allclose(jax.vjp(fused, x)[1](g)[0], jax.vjp(unfused, x)[1](g)[0],
+                               rtol=1e-4, atol=1e-4)
+    bn.train()
+    assert layers._fused_geometry(conv, bn, x) is None
+    np.testing.assert_allclose(fused(x), unfused(x), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_conv_bn_act_refuses_an_unknown_activation():
+    conv, bn = Conv(3, 4, (3, 3), rngs=nnx.Rngs(0)), nnx.BatchNorm(4, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="gelu"):
+        layers.conv_bn_act(conv, bn, jnp.zeros((1, 5, 5, 3)), "gelu")
+    with pytest.raises(ValueError, match="activation"):
+        onednn.conv2d_bias_act(jnp.zeros((1, 5, 5, 3)), jnp.zeros((3, 3, 3, 4)),
+                               jnp.zeros(4), (1, 1), ((1, 1), (1, 1)), (1, 1), act="tanh")
+    with pytest.raises(ValueError, match="bias"):
+        onednn.conv2d_bias_act(jnp.zeros((1, 5, 5, 3)), jnp.zeros((3, 3, 3, 4)),
+                               jnp.zeros(3), (1, 1), ((1, 1), (1, 1)), (1, 1))
