@@ -1,7 +1,7 @@
 """Interleaved A/B of train and inference steps in one process: our step under several
-environment settings (``BENCH_CONV``, ``BENCH_DEPTHWISE``, ``BENCH_BATCHNORM``, read at trace
-time) and the PyTorch peer (eager, 2 threads and 1 thread), round by round, so that a shared
-machine's load hits every variant alike.
+environment settings (``BENCH_CONV``, ``BENCH_DEPTHWISE``, ``BENCH_BATCHNORM``,
+``BENCH_MAXPOOL``, read at trace time) and the PyTorch peer (eager, 2 threads and 1 thread),
+round by round, so that a shared machine's load hits every variant alike.
 
     python scripts/cpu_ab.py --model resnet20 [--batch 16] [--rounds 8] [--steps 3]
         [--variants default,BENCH_CONV=xla,BENCH_CONV=im2col,torch,torch@1] [--json out.json]
@@ -23,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-_ENV_KEYS = ("BENCH_CONV", "BENCH_DEPTHWISE", "BENCH_BATCHNORM")
+_ENV_KEYS = ("BENCH_CONV", "BENCH_DEPTHWISE", "BENCH_BATCHNORM", "BENCH_MAXPOOL")
 
 
 def build_variant(spec: str, model: str, batch: int, size: int | None) -> dict:
