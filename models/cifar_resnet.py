@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ._registry import register_model
-from .layers import Classifier, ConvBN, global_avg_pool, he_normal, make_head
+from .layers import Classifier, ConvBN, conv_bn_act, global_avg_pool, he_normal, make_head
 
 
 def _shortcut_a(x, out_features: int, stride: int):
@@ -41,12 +41,13 @@ class BasicBlock(nnx.Module):
                                      rngs=rngs)
 
     def __call__(self, x):
-        y = self.conv2(self.conv1(x))
+        y = self.conv1(x)
         if self.projection is not None:
             s = self.projection(x)
         else:
             s = _shortcut_a(x, self.out_features, self.stride)
-        return nnx.relu(y + s)
+        # relu(bn(conv(y)) + s): one pass forward and backward in train mode on CPU.
+        return conv_bn_act(self.conv2.conv, self.conv2.bn, y, "relu", residual=s)
 
 
 class CifarResNet(Classifier):

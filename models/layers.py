@@ -148,8 +148,10 @@ class ConvBN(nnx.Module):
 
 
 def conv_bn_act(conv: nnx.Conv, bn: nnx.BatchNorm, x: jax.Array,
-                activation: str | None = None) -> jax.Array:
-    """``activation(bn(conv(x)))``, ``activation`` one of ``None``, ``"relu"``, ``"relu6"``.
+                activation: str | None = None, residual: jax.Array | None = None) -> jax.Array:
+    """``activation(bn(conv(x)) [+ residual])``, ``activation`` one of ``None``, ``"relu"``,
+    ``"relu6"``; ``residual``, where given, is added before the activation (a residual
+    block's shortcut).
 
     In eval mode (``bn.use_running_average``) on CPU, where ``conv`` (a ``Conv`` or
     ``DepthwiseConv``) runs through oneDNN, it is one oneDNN call: BatchNorm's running
@@ -166,18 +168,25 @@ def conv_bn_act(conv: nnx.Conv, bn: nnx.BatchNorm, x: jax.Array,
     if fused is None:
         y = conv(x)
         if _bn_train_applies(bn, y):
-            return batchnorm_act_train(bn, y, activation)
+            return batchnorm_act_train(bn, y, activation, residual)
         y = bn(y)
-        return _ACTIVATIONS[activation](y) if activation else y
-    strides, pads, dilation, groups = fused
+    elif residual is not None:  # oneDNN's sum post-op would write into the shortcut's buffer
+        y = _bias_act(x, *_folded(conv, bn), (*fused, None))
+    else:
+        return _bias_act(x, *_folded(conv, bn), (*fused, activation))
+    y = y if residual is None else y + residual
+    return _ACTIVATIONS[activation](y) if activation else y
+
+
+def _folded(conv, bn):
+    """``(kernel, bias)`` of ``conv`` followed by eval-mode ``bn``."""
     inv = jax.lax.rsqrt(bn.var[...] + bn.epsilon)
     scale = inv * bn.scale[...] if bn.scale is not None else inv
     shift = bn.bias[...] if bn.bias is not None else jnp.zeros_like(inv)
     bias = shift - bn.mean[...] * scale
     if conv.bias is not None:
         bias = bias + conv.bias[...] * scale
-    kernel = conv.kernel[...] * scale  # the output channel is the kernel's last axis
-    return _bias_act(x, kernel, bias, (strides, pads, dilation, groups, activation))
+    return conv.kernel[...] * scale, bias  # the output channel is the kernel's last axis
 
 
 _ACTIVATIONS = {None: None, "relu": jax.nn.relu, "relu6": jax.nn.relu6}
@@ -209,23 +218,26 @@ def _bn_train_applies(bn: nnx.BatchNorm, x) -> bool:
             and all(v[...].dtype == jnp.float32 for v in (bn.scale, bn.bias, bn.mean, bn.var)))
 
 
-def batchnorm_act_train(bn: nnx.BatchNorm, x: jax.Array, activation: str | None = None):
-    """``activation(bn(x))`` in train mode, as ``nnx.BatchNorm`` computes it (batch mean and
+def batchnorm_act_train(bn: nnx.BatchNorm, x: jax.Array, activation: str | None = None,
+                        residual: jax.Array | None = None):
+    """``activation(bn(x) [+ residual])`` in train mode, ``bn`` as ``nnx.BatchNorm`` computes
+    it (batch mean and
     the fast biased variance ``E[x^2] - E[x]^2``, clipped at 0; the running statistics
     updated with ``bn.momentum``), with a hand-written gradient: XLA:CPU's own, from the
     layers as written, makes 15 passes (fusions) over the activation per layer, this one 9
     (two reductions and one pass forward; the activation's mask, two reductions and one
     pass backward): 2.1-2.4x faster at ResNet-50's and MobileNetV2's shapes
     (``docs/cpu-formulations.md``)."""
-    y, mean, var = _bn_act(x, bn.scale[...], bn.bias[...], (float(bn.epsilon), activation))
+    y, mean, var = _bn_act(x, bn.scale[...], bn.bias[...], residual,
+                           (float(bn.epsilon), activation, residual is not None))
     m = bn.momentum
     bn.mean[...] = jax.lax.stop_gradient(m * bn.mean[...] + (1 - m) * mean)
     bn.var[...] = jax.lax.stop_gradient(m * bn.var[...] + (1 - m) * var)
     return y
 
 
-def _bn_act_forward(x, scale, bias, opts):
-    eps, activation = opts
+def _bn_act_forward(x, scale, bias, residual, opts):
+    eps, activation, _ = opts
     axes = tuple(range(x.ndim - 1))
     n = x.size // x.shape[-1]
     mean = jnp.sum(x, axes) / n
@@ -233,19 +245,20 @@ def _bn_act_forward(x, scale, bias, opts):
     inv = jax.lax.rsqrt(var + eps)
     a = scale * inv
     y = x * a + (bias - mean * a)
+    y = y if residual is None else y + residual
     y = _ACTIVATIONS[activation](y) if activation else y
     return (y, mean, var), (x, y, mean, inv, scale)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _bn_act(x, scale, bias, opts):
-    return _bn_act_forward(x, scale, bias, opts)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _bn_act(x, scale, bias, residual, opts):
+    return _bn_act_forward(x, scale, bias, residual, opts)[0]
 
 
 def _bn_act_bwd(opts, res, cotangents):
     """The batch statistics' own cotangents are dropped: they only feed the running
     averages, which are ``stop_gradient``-ed."""
-    _, activation = opts
+    _, activation, has_residual = opts
     x, y, mean, inv, scale = res
     g = cotangents[0]
     if activation == "relu":
@@ -259,7 +272,7 @@ def _bn_act_bwd(opts, res, cotangents):
     a = scale * inv
     k = a * inv * sum_g_xhat / n  # dx = a * (g - sum_g / n - xhat * sum_g_xhat / n)
     dx = a * g - k * x + (k * mean - a * sum_g / n)
-    return dx, sum_g_xhat, sum_g
+    return dx, sum_g_xhat, sum_g, g if has_residual else None
 
 
 _bn_act.defvjp(_bn_act_forward, _bn_act_bwd)

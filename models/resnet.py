@@ -84,8 +84,7 @@ class Bottleneck(nnx.Module):
                                                               self.shortcut_bn, x)
         y = conv_bn_act(self.conv1, self.bn1, x, "relu")
         y = conv_bn_act(self.conv2, self.bn2, y, "relu")
-        y = conv_bn_act(self.conv3, self.bn3, y)
-        return nnx.relu(s + y)
+        return conv_bn_act(self.conv3, self.bn3, y, "relu", residual=s)
 
     def keras_layers(self, prefix: str) -> dict:
         layers = {}

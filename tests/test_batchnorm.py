@@ -22,12 +22,14 @@ def _bn(c, seed, momentum=0.9):
     return bn
 
 
-@pytest.mark.parametrize("activation", [None, "relu", "relu6"])
+@pytest.mark.parametrize("activation,with_residual", [
+    (None, False), ("relu", False), ("relu6", False), ("relu", True), (None, True)])
 @pytest.mark.parametrize("shape", [(4, 6, 5, 7), (9, 3)])
-def test_values_gradients_and_running_stats_match_flax(activation, shape):
+def test_values_gradients_and_running_stats_match_flax(activation, with_residual, shape):
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.normal(size=shape) * 3 + 1, jnp.float32)
     g = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    r = jnp.asarray(rng.normal(size=shape), jnp.float32) if with_residual else None
     c = shape[-1]
     act = {None: lambda y: y, "relu": jax.nn.relu, "relu6": jax.nn.relu6}[activation]
 
@@ -36,17 +38,23 @@ def test_values_gradients_and_running_stats_match_flax(activation, shape):
         bn.scale[...] = bn.scale[...] * (4 if activation == "relu6" else 1)  # to reach 6
         graphdef, state = nnx.split(bn)
 
-        def loss(state, x):
+        def loss(state, x, r):
             m = nnx.merge(graphdef, state)
-            y = layers.batchnorm_act_train(m, x, activation) if fused else act(m(x))
+            if fused:
+                y = layers.batchnorm_act_train(m, x, activation, r)
+            else:
+                y = act(m(x) if r is None else m(x) + r)
             return jnp.sum(y * g), (y, nnx.state(m, nnx.BatchStat))
 
-        (_, (y, stats)), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
-            state, x)
+        argnums = (0, 1, 2) if with_residual else (0, 1)
+        (_, (y, stats)), grads = jax.value_and_grad(loss, argnums=argnums, has_aux=True)(
+            state, x, r)
         return y, stats, grads
 
-    y0, s0, (gs0, gx0) = run(False)
-    y1, s1, (gs1, gx1) = run(True)
+    y0, s0, (gs0, gx0, *gr0) = run(False)
+    y1, s1, (gs1, gx1, *gr1) = run(True)
+    for a, b in zip(gr1, gr0):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-5)
     if activation == "relu6":
         assert float(y0.max()) == 6 and float(y0.min()) == 0  # both ends of the clip are hit

@@ -423,3 +423,19 @@ def test_conv_bn_act_refuses_an_unknown_activation():
     with pytest.raises(ValueError, match="bias"):
         onednn.conv2d_bias_act(jnp.zeros((1, 5, 5, 3)), jnp.zeros((3, 3, 3, 4)),
                                jnp.zeros(3), (1, 1), ((1, 1), (1, 1)), (1, 1))
+
+
+@needs_onednn
+def test_eval_conv_bn_act_adds_the_residual_before_the_activation(monkeypatch):
+    monkeypatch.delenv("BENCH_CONV", raising=False)
+    if jax.device_count() != 1:
+        pytest.skip("oneDNN is used with one device only")
+    conv = Conv(6, 8, (3, 3), rngs=nnx.Rngs(0))
+    bn = _bn_with_stats(8, 7)
+    bn.eval()
+    x = jnp.asarray(np.random.default_rng(8).normal(size=(2, 9, 9, 6)), jnp.float32)
+    r = jnp.asarray(np.random.default_rng(9).normal(size=(2, 9, 9, 8)), jnp.float32)
+    got = layers.conv_bn_act(conv, bn, x, "relu", residual=r)
+    np.testing.assert_allclose(got, jax.nn.relu(bn(conv(x)) + r), rtol=1e-4, atol=1e-4)
+    assert "bench_onednn_conv_bias_act" in jax.jit(
+        lambda x: layers.conv_bn_act(conv, bn, x, "relu", residual=r)).lower(x).as_text()
