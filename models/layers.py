@@ -191,8 +191,9 @@ def _folded(conv, bn):
 
 _ACTIVATIONS = {None: None, "relu": jax.nn.relu, "relu6": jax.nn.relu6}
 
-# Train-mode BatchNorm: ``"fused"`` (the default on CPU) is ``batchnorm_act_train``, ``"flax"``
-# nnx.BatchNorm and the activation as written (XLA differentiates them). Read at trace time.
+# BatchNorm after a convolution (``conv_bn_act``): ``"fused"`` (the default on CPU) is, in
+# train mode, ``batchnorm_act_train``, in eval mode folded into a oneDNN convolution;
+# ``"flax"`` nnx.BatchNorm and the activation as written. Read at trace time.
 BATCHNORM_IMPLS = ("auto", "fused", "flax")
 _ENV_BATCHNORM = "BENCH_BATCHNORM"
 
@@ -284,6 +285,7 @@ def _fused_geometry(conv, bn, x):
     """``(strides, pads, dilation, groups)`` where ``conv_bn_act`` can be one oneDNN call,
     else None."""
     if not (bn.use_running_average and jax.default_backend() == "cpu" and x.ndim == 4
+            and resolve_batchnorm_impl() == "fused"
             and bn.axis in (-1, 3) and x.dtype == jnp.float32
             and all(v[...].dtype == jnp.float32 for v in (conv.kernel, bn.mean, bn.var))
             and conv.mask is None and _pair(conv.input_dilation, "") == (1, 1)

@@ -439,3 +439,7 @@ def test_eval_conv_bn_act_adds_the_residual_before_the_activation(monkeypatch):
     np.testing.assert_allclose(got, jax.nn.relu(bn(conv(x)) + r), rtol=1e-4, atol=1e-4)
     assert "bench_onednn_conv_bias_act" in jax.jit(
         lambda x: layers.conv_bn_act(conv, bn, x, "relu", residual=r)).lower(x).as_text()
+    monkeypatch.setenv("BENCH_BATCHNORM", "flax")  # nnx's BatchNorm as written
+    assert layers._fused_geometry(conv, bn, x) is None
+    np.testing.assert_allclose(layers.conv_bn_act(conv, bn, x, "relu", residual=r), got,
+                               rtol=1e-4, atol=1e-4)
