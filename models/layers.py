@@ -36,9 +36,11 @@ def max_pool(x, window: int = 2, stride: int | None = None, padding: str = "VALI
     ``reduce_window`` over four index arrays and a ``select_and_scatter``, 150 ms of
     ResNet-50's 3 s train step, where the taps take a few ms."""
     stride = window if stride is None else stride
+    impl = os.environ.get("BENCH_MAXPOOL") or "taps"
+    if impl not in ("taps", "xla"):
+        raise ValueError(f"BENCH_MAXPOOL={impl!r}: expected 'taps' or 'xla'")
     if (jax.default_backend() == "cpu" and x.ndim == 4 and isinstance(padding, str)
-            and padding.upper() in ("SAME", "VALID")
-            and os.environ.get("BENCH_MAXPOOL", "taps") != "xla"):
+            and padding.upper() in ("SAME", "VALID") and impl == "taps"):
         return max_pool_taps(x, window, stride, padding.upper())
     return nnx.max_pool(x, (window, window), strides=(stride, stride), padding=padding)
 

@@ -7,7 +7,8 @@ timed in JAX and in PyTorch (eager, channels_last), each framework in a process 
   call less its forward); in JAX both as XLA's ``lax.conv`` and as our oneDNN custom calls
   (``runtime.onednn``, where it builds);
 - ``bn_relu6``: training-mode BatchNorm then ReLU6 at MobileNetV2's widest expanded
-  activation (16x112x112x96): forward + backward of ``sum(relu6(bn(x)) * g)``;
+  activation (16x112x112x96): forward + backward of ``sum(relu6(bn(x)) * g)``, as XLA
+  differentiates it and with ``models.layers.batchnorm_act_train``'s hand-written gradient;
 - ``fwd3x3 HxWxC``: the inference forward of a 3x3 stride-1 convolution (C to C channels,
   batch 16) at each stage of ResNet-20 (32, 16, 8 px) and ResNet-50 (56, 28, 14, 7 px): ours
   through oneDNN (the pip wheel's 3.2, or ``$BENCH_ONEDNN_ROOT``'s) against PyTorch's
@@ -66,10 +67,20 @@ def jax_ops(rng) -> dict:
         return jnp.sum(jnp.clip(y, 0, 6) * gb)
 
     bn = jax.jit(jax.grad(bn_relu6, (0, 1, 2)))
+
+    def bn_relu6_ours(x, scale, bias):  # models.layers.batchnorm_act_train's computation
+        from models import layers
+
+        y, _, _ = layers._bn_act(x, scale, bias, None, (1e-3, "relu6", False))
+        return jnp.sum(y * gb)
+
+    bn_ours = jax.jit(jax.grad(bn_relu6_ours, (0, 1, 2)))
     ops = {"conv fwd": lambda: fwd(x, w).block_until_ready(),
            "conv input grad": lambda: dx(g, w).block_until_ready(),
            "conv kernel grad": lambda: dw(g, x).block_until_ready(),
-           "bn_relu6 fwd+bwd": lambda: jax.block_until_ready(bn(b, scale, bias))}
+           "bn_relu6 fwd+bwd": lambda: jax.block_until_ready(bn(b, scale, bias)),
+           "bn_relu6 fwd+bwd (hand-written)": lambda: jax.block_until_ready(
+               bn_ours(b, scale, bias))}
     from runtime import onednn
 
     if onednn.available():
@@ -197,7 +208,7 @@ def main(argv=None) -> int:
     print("| op | jax ms | torch ms | jax / torch |")
     print("|---|---|---|---|")
     for k, v in torch_ms.items():
-        for form in ("", " (oneDNN)"):
+        for form in ("", " (oneDNN)", " (hand-written)"):
             if ("jax", k + form) in m:
                 print(f"| {k}{form} | {m[('jax', k + form)]:.2f} | {v:.2f} | "
                       f"{m[('jax', k + form)] / v:.2f}x |")

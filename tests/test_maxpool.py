@@ -37,3 +37,6 @@ def test_max_pool_takes_the_taps_on_cpu_unless_told(monkeypatch):
     text = jax.jit(lambda a: jax.grad(lambda b: layers.max_pool(b, 3, 2).sum())(a)).lower(
         x).as_text()
     assert "select_and_scatter" in text
+    monkeypatch.setenv("BENCH_MAXPOOL", "fast")
+    with pytest.raises(ValueError, match="BENCH_MAXPOOL='fast'.*'taps' or 'xla'"):
+        layers.max_pool(x, 3, 2)
