@@ -172,10 +172,8 @@ def conv_bn_act(conv: nnx.Conv, bn: nnx.BatchNorm, x: jax.Array,
         if _bn_train_applies(bn, y):
             return batchnorm_act_train(bn, y, activation, residual)
         y = bn(y)
-    elif residual is not None:  # oneDNN's sum post-op would write into the shortcut's buffer
-        y = _bias_act(x, *_folded(conv, bn), (*fused, None))
-    else:
-        return _bias_act(x, *_folded(conv, bn), (*fused, activation))
+    else:  # the residual, if any, is oneDNN's sum post-op, written into its buffer
+        return _bias_act(x, *_folded(conv, bn), residual, (*fused, activation))
     y = y if residual is None else y + residual
     return _ACTIVATIONS[activation](y) if activation else y
 
@@ -315,24 +313,25 @@ def _fused_geometry(conv, bn, x):
     return strides, tuple(tuple(p) for p in pads), dilation, groups
 
 
-def _unfused(x, kernel, bias, geom):
+def _unfused(x, kernel, bias, residual, geom):
     strides, pads, dilation, groups, activation = geom
     if groups == 1 and kernel.shape[:2] == (1, 1):
         y = conv_matmul(x, kernel, strides, [list(p) for p in pads], dilation)
     else:
         y = onednn.conv2d(x, kernel, strides, pads, dilation, groups=groups)
-    y = y + bias
+    y = y + bias if residual is None else y + bias + residual
     return _ACTIVATIONS[activation](y) if activation else y
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _bias_act(x, kernel, bias, geom):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _bias_act(x, kernel, bias, residual, geom):
     strides, pads, dilation, groups, activation = geom
-    return onednn.conv2d_bias_act(x, kernel, bias, strides, pads, dilation, groups, activation)
+    return onednn.conv2d_bias_act(x, kernel, bias, strides, pads, dilation, groups, activation,
+                                  residual=residual)
 
 
-def _bias_act_fwd(x, kernel, bias, geom):
-    return _bias_act(x, kernel, bias, geom), (x, kernel, bias)
+def _bias_act_fwd(x, kernel, bias, residual, geom):
+    return _bias_act(x, kernel, bias, residual, geom), (x, kernel, bias, residual)
 
 
 def _bias_act_bwd(geom, res, g):

@@ -48,7 +48,8 @@ from runtime.paths import cache_root
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 _TARGETS = {"fwd": "BenchOnednnConvForward", "dx": "BenchOnednnConvInputGrad",
-            "dk": "BenchOnednnConvKernelGrad", "bias_act": "BenchOnednnConvBiasAct"}
+            "dk": "BenchOnednnConvKernelGrad", "bias_act": "BenchOnednnConvBiasAct",
+            "bias_sum_act": "BenchOnednnConvBiasSumAct"}
 ACTIVATIONS = {None: 0, "relu": 1, "relu6": 2}  # conv2d_bias_act's post-op
 _lock = threading.Lock()
 _state: dict = {}  # "lib", "version" once loaded, or "error"
@@ -217,10 +218,11 @@ def conv2d(x, kernel, strides, pads, dilation, groups: int = 1):
 
 
 def conv2d_bias_act(x, kernel, bias, strides, pads, dilation, groups: int = 1,
-                    act: str | None = None):
-    """``act(conv2d(x, kernel, ...) + bias)`` in one oneDNN call, for inference: the bias and
-    the activation (``None``, ``"relu"`` or ``"relu6"``) are post-ops of the convolution, so
-    no pass over the output follows it. Any kernel size, 1x1 included (only the strided 1x1
+                    act: str | None = None, residual=None):
+    """``act(conv2d(x, kernel, ...) + bias [+ residual])`` in one oneDNN call, for inference:
+    the bias, the residual (oneDNN's sum post-op, into the residual's buffer, which XLA
+    hands over or copies: ``input_output_aliases``) and the activation (``None``, ``"relu"``
+    or ``"relu6"``) are post-ops of the convolution, so no pass over the output follows it. Any kernel size, 1x1 included (only the strided 1x1
     kernel gradient is wrong in oneDNN, and this has no gradient: JAX refuses to
     differentiate it; ``models.layers.conv_bn_act`` gives it one). Raises where ``conv2d``
     does."""
@@ -242,8 +244,15 @@ def conv2d_bias_act(x, kernel, bias, strides, pads, dilation, groups: int = 1,
     if oh <= 0 or ow <= 0:
         raise ValueError(f"oneDNN conv2d of {x.shape} with {kernel.shape}: empty output")
     out = jax.ShapeDtypeStruct((x.shape[0], oh, ow, kernel.shape[3]), x.dtype)
-    return jax.ffi.ffi_call("bench_onednn_conv_bias_act", out, vmap_method="sequential")(
-        x, kernel, bias, **_attrs(geom), act=np.int64(ACTIVATIONS[act]))
+    if residual is None:
+        return jax.ffi.ffi_call("bench_onednn_conv_bias_act", out, vmap_method="sequential")(
+            x, kernel, bias, **_attrs(geom), act=np.int64(ACTIVATIONS[act]))
+    if residual.shape != out.shape or residual.dtype != jnp.float32:
+        raise ValueError(f"oneDNN conv2d: residual {residual.shape} {residual.dtype}, "
+                         f"expected the output's {out.shape} float32")
+    return jax.ffi.ffi_call("bench_onednn_conv_bias_sum_act", out, vmap_method="sequential",
+                            input_output_aliases={3: 0})(
+        x, kernel, bias, residual, **_attrs(geom), act=np.int64(ACTIVATIONS[act]))
 
 
 def _attrs(geom) -> dict:
@@ -320,6 +329,7 @@ def custom_call_flops(hlo_text: str) -> tuple[float, int]:
             v = [int(t) for t in vals.replace(" ", "").split(",")]
             attrs[name] = v * 2 if len(v) == 1 else v
         x, out, kernel = {"fwd": (a, result, b), "bias_act": (a, result, b),
+                          "bias_sum_act": (a, result, b),
                           "dx": (result, a, b), "dk": (a, b, result)}[kind]
         valid = [_taps_reading_input(x[1 + i], out[1 + i], kernel[i], attrs["strides"][i],
                                      attrs["pad_lo"][i], attrs["dilation"][i])

@@ -30,6 +30,8 @@
 #include <string>
 #include <thread>
 #include <tuple>
+#include <algorithm>
+#include <cstring>
 #include <unordered_map>
 #include <vector>
 
@@ -44,8 +46,9 @@ using dims = dnnl::memory::dims;
 using tag = dnnl::memory::format_tag;
 constexpr auto f32 = dnnl::memory::data_type::f32;
 
-enum Kind { kForward = 0, kInputGrad = 1, kKernelGrad = 2, kBiasAct = 3 };
-// kBiasAct + act is the forward with a bias and this activation after it.
+enum Kind { kForward = 0, kInputGrad = 1, kKernelGrad = 2, kBiasAct = 3, kBiasSumAct = 6 };
+// kBiasAct + act is the forward with a bias and this activation after it; kBiasSumAct + act
+// the same with the output buffer's prior contents (a residual shortcut) added before it.
 enum Act { kNoAct = 0, kRelu = 1, kRelu6 = 2 };
 
 struct Geometry {
@@ -91,24 +94,25 @@ dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
 #endif
 }
 
-// The forward for inference: y = act(conv(x, kernel) + bias), act a post-op.
-dnnl::convolution_forward::primitive_desc BiasActDesc(const Geometry& g, int act) {
+// The forward for inference: y = act(conv(x, kernel) + bias [+ y]), the sum and act post-ops.
+dnnl::convolution_forward::primitive_desc BiasActDesc(const Geometry& g, int act, bool sum) {
   auto src = dnnl::memory::desc(g.src, f32, tag::nhwc);
   auto any = dnnl::memory::desc(g.weights, f32, tag::any);
   auto bias = dnnl::memory::desc({g.dst[1]}, f32, tag::a);
   auto dst = dnnl::memory::desc(g.dst, f32, tag::nhwc);
   auto attr = UserScratchpad();
+  dnnl::post_ops ops;
+  if (sum) ops.append_sum(1.f);
   if (act != kNoAct) {
     auto alg = act == kRelu ? dnnl::algorithm::eltwise_relu : dnnl::algorithm::eltwise_clip;
     float hi = act == kRelu ? 0.f : 6.f;  // relu: alpha (negative slope) 0; clip: [0, 6]
-    dnnl::post_ops ops;
 #if DNNL_VERSION_MAJOR >= 3
     ops.append_eltwise(alg, 0.f, hi);
 #else
     ops.append_eltwise(1.f, alg, 0.f, hi);
 #endif
-    attr.set_post_ops(ops);
   }
+  if (sum || act != kNoAct) attr.set_post_ops(ops);
   constexpr auto inference = dnnl::prop_kind::forward_inference;
   constexpr auto direct = dnnl::algorithm::convolution_direct;
 #if DNNL_VERSION_MAJOR >= 3
@@ -142,7 +146,8 @@ typename Backward::primitive_desc BackwardDesc(
 
 Prim Make(int kind, const Geometry& g) {
   if (kind >= kBiasAct) {
-    auto pd = BiasActDesc(g, kind - kBiasAct);
+    bool sum = kind >= kBiasSumAct;
+    auto pd = BiasActDesc(g, kind - (sum ? kBiasSumAct : kBiasAct), sum);
     return {dnnl::convolution_forward(pd), pd.weights_desc(), pd.scratchpad_desc()};
   }
   auto fwd = ForwardDesc(g);
@@ -318,11 +323,28 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
   });
 }
 
+ffi::Error BiasSumActForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                             ffi::Buffer<ffi::F32> bias, const ffi::Buffer<ffi::F32>* residual,
+                             ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> strides,
+                             ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
+                             ffi::Span<const int64_t> dilation, int64_t groups, int64_t act);
+
 ffi::Error BiasActForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
                           ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
                           ffi::Span<const int64_t> strides, ffi::Span<const int64_t> pad_lo,
                           ffi::Span<const int64_t> pad_hi, ffi::Span<const int64_t> dilation,
                           int64_t groups, int64_t act) {
+  return BiasSumActForward(x, kernel, bias, nullptr, y, strides, pad_lo, pad_hi, dilation,
+                           groups, act);
+}
+
+// y = act(conv(x) + bias + residual): XLA aliases y to the residual's buffer
+// (input_output_aliases), and oneDNN's sum post-op adds what is there.
+ffi::Error BiasSumActForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                             ffi::Buffer<ffi::F32> bias, const ffi::Buffer<ffi::F32>* residual,
+                             ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> strides,
+                             ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
+                             ffi::Span<const int64_t> dilation, int64_t groups, int64_t act) {
   Geometry g;
   auto err = MakeGeometry(x.dimensions(), kernel.dimensions(), y->dimensions(), strides,
                           pad_lo, pad_hi, dilation, groups, &g);
@@ -333,8 +355,19 @@ ffi::Error BiasActForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
   if (bias.dimensions().size() != 1 || bias.dimensions()[0] != g.dst[1]) {
     return ffi::Error::InvalidArgument("onednn conv: bias must have one value per output");
   }
+  if (residual != nullptr) {
+    auto r = residual->dimensions();
+    auto o = y->dimensions();
+    if (r.size() != o.size() || !std::equal(r.begin(), r.end(), o.begin())) {
+      return ffi::Error::InvalidArgument("onednn conv: the residual must have the output's shape");
+    }
+    if (residual->typed_data() != y->typed_data()) {  // not aliased: copy it in first
+      std::memcpy(y->typed_data(), residual->typed_data(), y->size_bytes());
+    }
+  }
+  int kind = (residual != nullptr ? kBiasSumAct : kBiasAct) + static_cast<int>(act);
   return Guarded([&] {
-    auto p = Get(kBiasAct + static_cast<int>(act), g);
+    auto p = Get(kind, g);
     RunWithKernel(*p, g, kernel.typed_data(), DNNL_ARG_SRC, x.typed_data(), g.src,
                   DNNL_ARG_DST, y->typed_data(), g.dst, bias.typed_data());
   });
@@ -397,6 +430,29 @@ ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchOnednnConvForward, Forward, BENCH_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchOnednnConvInputGrad, InputGrad, BENCH_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchOnednnConvKernelGrad, KernelGrad, BENCH_CONV_BINDING);
+
+ffi::Error BiasSumActHandler(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                             ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> residual,
+                             ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> strides,
+                             ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
+                             ffi::Span<const int64_t> dilation, int64_t groups, int64_t act) {
+  return BiasSumActForward(x, kernel, bias, &residual, y, strides, pad_lo, pad_hi, dilation,
+                           groups, act);
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchOnednnConvBiasSumAct, BiasSumActHandler,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("pad_lo")
+                                  .Attr<ffi::Span<const int64_t>>("pad_hi")
+                                  .Attr<ffi::Span<const int64_t>>("dilation")
+                                  .Attr<int64_t>("groups")
+                                  .Attr<int64_t>("act"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchOnednnConvBiasAct, BiasActForward,
                               ffi::Ffi::Bind()

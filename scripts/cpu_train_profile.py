@@ -152,7 +152,7 @@ def classify(hlo: dict, inst: dict, kernel_sizes: set[int]) -> str:
     opcodes = {o["opcode"] for o in ops}
     bwd = "transpose(" in inst["op_name"]
     if (inst.get("target") or "").startswith("bench_onednn_conv_"):  # runtime.onednn
-        kind = {"fwd": "fwd", "bias_act": "fwd", "dx": "input grad",
+        kind = {"fwd": "fwd", "bias_act": "fwd", "bias_sum_act": "fwd", "dx": "input grad",
                 "dk": "kernel grad"}[inst["target"][18:]]
         return f"{'depthwise' if (inst['groups'] or 1) > 1 else 'conv'} {kind}"
     if "/optax/" in files and "/optax/losses/" not in files:

@@ -436,9 +436,19 @@ def test_eval_conv_bn_act_adds_the_residual_before_the_activation(monkeypatch):
     x = jnp.asarray(np.random.default_rng(8).normal(size=(2, 9, 9, 6)), jnp.float32)
     r = jnp.asarray(np.random.default_rng(9).normal(size=(2, 9, 9, 8)), jnp.float32)
     got = layers.conv_bn_act(conv, bn, x, "relu", residual=r)
-    np.testing.assert_allclose(got, jax.nn.relu(bn(conv(x)) + r), rtol=1e-4, atol=1e-4)
-    assert "bench_onednn_conv_bias_act" in jax.jit(
-        lambda x: layers.conv_bn_act(conv, bn, x, "relu", residual=r)).lower(x).as_text()
+    want = jax.nn.relu(bn(conv(x)) + r)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # oneDNN's sum post-op adds the residual in its buffer: r itself is left as it was.
+    fused = jax.jit(lambda x, r: layers.conv_bn_act(conv, bn, x, "relu", residual=r))
+    r_before = np.asarray(r).copy()
+    np.testing.assert_allclose(fused(x, r), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(r), r_before)
+    assert "bench_onednn_conv_bias_sum_act" in fused.lower(x, r).as_text()
+    g = jnp.asarray(np.random.default_rng(10).normal(size=want.shape), jnp.float32)
+    got_g = jax.vjp(lambda x, r: layers.conv_bn_act(conv, bn, x, "relu", residual=r), x, r)[1](g)
+    want_g = jax.vjp(lambda x, r: jax.nn.relu(bn(conv(x)) + r), x, r)[1](g)
+    for a, b in zip(got_g, want_g):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     monkeypatch.setenv("BENCH_BATCHNORM", "flax")  # nnx's BatchNorm as written
     assert layers._fused_geometry(conv, bn, x) is None
     np.testing.assert_allclose(layers.conv_bn_act(conv, bn, x, "relu", residual=r), got,
