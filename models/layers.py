@@ -62,20 +62,19 @@ def _pool_taps(x, geom):
         xp = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
     oh = (xp.shape[1] - window) // stride + 1
     ow = (xp.shape[2] - window) // stride + 1
-    taps = [jax.lax.slice(xp, (0, i, j, 0),
+    return [jax.lax.slice(xp, (0, i, j, 0),
                           (xp.shape[0], i + (oh - 1) * stride + 1, j + (ow - 1) * stride + 1,
                            xp.shape[3]), (1, stride, stride, 1))
             for i in range(window) for j in range(window)]
-    return xp.shape, taps
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _max_pool_taps(x, geom):
-    return functools.reduce(jnp.maximum, _pool_taps(x, geom)[1])
+    return functools.reduce(jnp.maximum, _pool_taps(x, geom))
 
 
 def _max_pool_taps_fwd(x, geom):
-    _, taps = _pool_taps(x, geom)
+    taps = _pool_taps(x, geom)
     y = functools.reduce(jnp.maximum, taps)
     first = jnp.full(y.shape, len(taps), jnp.int8)  # the first tap that holds the maximum
     for t in reversed(range(len(taps))):
@@ -175,7 +174,7 @@ def conv_bn_act(conv: nnx.Conv, bn: nnx.BatchNorm, x: jax.Array,
     else:  # the residual, if any, is oneDNN's sum post-op, written into its buffer
         return _bias_act(x, *_folded(conv, bn), residual, (*fused, activation))
     y = y if residual is None else y + residual
-    return _ACTIVATIONS[activation](y) if activation else y
+    return _activate(y, activation)
 
 
 def _folded(conv, bn):
@@ -190,6 +189,11 @@ def _folded(conv, bn):
 
 
 _ACTIVATIONS = {None: None, "relu": jax.nn.relu, "relu6": jax.nn.relu6}
+
+
+def _activate(y, activation: str | None):
+    return _ACTIVATIONS[activation](y) if activation else y
+
 
 # BatchNorm after a convolution (``conv_bn_act``): ``"fused"`` (the default on CPU) is, in
 # train mode, ``batchnorm_act_train``, in eval mode folded into a oneDNN convolution;
@@ -247,7 +251,7 @@ def _bn_act_forward(x, scale, bias, residual, opts):
     a = scale * inv
     y = x * a + (bias - mean * a)
     y = y if residual is None else y + residual
-    y = _ACTIVATIONS[activation](y) if activation else y
+    y = _activate(y, activation)
     return (y, mean, var), (x, y, mean, inv, scale)
 
 
@@ -320,7 +324,7 @@ def _unfused(x, kernel, bias, residual, geom):
     else:
         y = onednn.conv2d(x, kernel, strides, pads, dilation, groups=groups)
     y = y + bias if residual is None else y + bias + residual
-    return _ACTIVATIONS[activation](y) if activation else y
+    return _activate(y, activation)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))

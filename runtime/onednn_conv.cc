@@ -323,21 +323,6 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
   });
 }
 
-ffi::Error BiasSumActForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
-                             ffi::Buffer<ffi::F32> bias, const ffi::Buffer<ffi::F32>* residual,
-                             ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> strides,
-                             ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
-                             ffi::Span<const int64_t> dilation, int64_t groups, int64_t act);
-
-ffi::Error BiasActForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
-                          ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
-                          ffi::Span<const int64_t> strides, ffi::Span<const int64_t> pad_lo,
-                          ffi::Span<const int64_t> pad_hi, ffi::Span<const int64_t> dilation,
-                          int64_t groups, int64_t act) {
-  return BiasSumActForward(x, kernel, bias, nullptr, y, strides, pad_lo, pad_hi, dilation,
-                           groups, act);
-}
-
 // y = act(conv(x) + bias + residual): XLA aliases y to the residual's buffer
 // (input_output_aliases), and oneDNN's sum post-op adds what is there.
 ffi::Error BiasSumActForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
@@ -371,6 +356,24 @@ ffi::Error BiasSumActForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kern
     RunWithKernel(*p, g, kernel.typed_data(), DNNL_ARG_SRC, x.typed_data(), g.src,
                   DNNL_ARG_DST, y->typed_data(), g.dst, bias.typed_data());
   });
+}
+
+ffi::Error BiasActForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                          ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
+                          ffi::Span<const int64_t> strides, ffi::Span<const int64_t> pad_lo,
+                          ffi::Span<const int64_t> pad_hi, ffi::Span<const int64_t> dilation,
+                          int64_t groups, int64_t act) {
+  return BiasSumActForward(x, kernel, bias, nullptr, y, strides, pad_lo, pad_hi, dilation,
+                           groups, act);
+}
+
+ffi::Error BiasSumActHandler(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                             ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> residual,
+                             ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> strides,
+                             ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
+                             ffi::Span<const int64_t> dilation, int64_t groups, int64_t act) {
+  return BiasSumActForward(x, kernel, bias, &residual, y, strides, pad_lo, pad_hi, dilation,
+                           groups, act);
 }
 
 ffi::Error InputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kernel,
@@ -416,55 +419,38 @@ ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
 
 }  // namespace
 
-#define BENCH_CONV_BINDING                                   \
-  ffi::Ffi::Bind()                                          \
-      .Arg<ffi::Buffer<ffi::F32>>()                         \
-      .Arg<ffi::Buffer<ffi::F32>>()                         \
-      .Ret<ffi::Buffer<ffi::F32>>()                         \
-      .Attr<ffi::Span<const int64_t>>("strides")            \
+#define BENCH_CONV_ATTRS                                     \
+  .Attr<ffi::Span<const int64_t>>("strides")                \
       .Attr<ffi::Span<const int64_t>>("pad_lo")             \
       .Attr<ffi::Span<const int64_t>>("pad_hi")             \
       .Attr<ffi::Span<const int64_t>>("dilation")           \
       .Attr<int64_t>("groups")
 
+#define BENCH_CONV_BINDING                                   \
+  ffi::Ffi::Bind()                                          \
+      .Arg<ffi::Buffer<ffi::F32>>()                         \
+      .Arg<ffi::Buffer<ffi::F32>>()                         \
+      .Ret<ffi::Buffer<ffi::F32>>() BENCH_CONV_ATTRS
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchOnednnConvForward, Forward, BENCH_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchOnednnConvInputGrad, InputGrad, BENCH_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchOnednnConvKernelGrad, KernelGrad, BENCH_CONV_BINDING);
 
-ffi::Error BiasSumActHandler(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
-                             ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> residual,
-                             ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> strides,
-                             ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
-                             ffi::Span<const int64_t> dilation, int64_t groups, int64_t act) {
-  return BiasSumActForward(x, kernel, bias, &residual, y, strides, pad_lo, pad_hi, dilation,
-                           groups, act);
-}
-
+// The inference forward's two handlers: (x, kernel, bias) and (x, kernel, bias, residual).
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchOnednnConvBiasAct, BiasActForward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() BENCH_CONV_ATTRS
+                                  .Attr<int64_t>("act"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchOnednnConvBiasSumAct, BiasSumActHandler,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<ffi::Span<const int64_t>>("strides")
-                                  .Attr<ffi::Span<const int64_t>>("pad_lo")
-                                  .Attr<ffi::Span<const int64_t>>("pad_hi")
-                                  .Attr<ffi::Span<const int64_t>>("dilation")
-                                  .Attr<int64_t>("groups")
-                                  .Attr<int64_t>("act"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchOnednnConvBiasAct, BiasActForward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<ffi::Span<const int64_t>>("strides")
-                                  .Attr<ffi::Span<const int64_t>>("pad_lo")
-                                  .Attr<ffi::Span<const int64_t>>("pad_hi")
-                                  .Attr<ffi::Span<const int64_t>>("dilation")
-                                  .Attr<int64_t>("groups")
+                                  .Ret<ffi::Buffer<ffi::F32>>() BENCH_CONV_ATTRS
                                   .Attr<int64_t>("act"));
 
 extern "C" const char* BenchOnednnVersion() {
